@@ -1,0 +1,37 @@
+"""Shared timing helpers: every figure is a rate measured beside its reference."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured rate, and the reference it should be read against."""
+
+    name: str
+    rate: float
+    unit: str
+    reference: str = ""
+    reference_rate: float | None = None
+
+    def line(self) -> str:
+        text = f"{self.name:<48} {self.rate:>14,.0f} {self.unit}"
+        if self.reference_rate is not None:
+            ratio = self.rate / self.reference_rate if self.reference_rate else 0.0
+            text += f"   ({self.reference}: {self.reference_rate:,.0f}, ratio {ratio:.2f})"
+        return text
+
+
+def rate(fn: Callable[[], object], seconds: float = 1.0, batch: int = 100) -> float:
+    """Call ``fn`` in batches for about ``seconds`` on this core; return calls per second."""
+    calls = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(batch):
+            fn()
+        calls += batch
+        now = time.perf_counter()
+        if now >= deadline:
+            return calls / (now - start)

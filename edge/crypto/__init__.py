@@ -1,0 +1,1 @@
+"""Keys, certificates, the Noise Protocol Framework and its transports."""
