@@ -95,3 +95,15 @@ class ErrorCode(IntEnum):
     BUSY = 0x43
     RATE_LIMITED = 0x44
     UNAVAILABLE = 0x45
+
+
+class NoisePattern(IntEnum):
+    """The Noise handshake pattern named in HANDSHAKE_INIT.
+
+    XX when the initiator does not know the responder's static key yet (first
+    contact), IK when it does (a pinned login server, a peer whose certificate
+    came with its presence record): one round trip instead of one and a half.
+    """
+
+    XX = 1
+    IK = 2

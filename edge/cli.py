@@ -1,0 +1,44 @@
+"""The one command, ``edge``, with a sub-command per role."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edge import __version__
+from edge.errors import EdgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge", description="Open peer-to-peer voice and messaging for small Linux boards."
+    )
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from edge import demo, keytool
+
+    demo.add_parser(commands)
+    keytool.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from edge.runtime.logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        code: int = args.run(args)
+    except EdgeError as exc:
+        print(f"edge {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

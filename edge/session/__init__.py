@@ -1,0 +1,1 @@
+"""Secure sessions: Noise handshakes that carry certificates, over datagrams and streams."""

@@ -1,0 +1,956 @@
+"""Every edge message, declared once with construct; encode() and decode() over them.
+
+How it works: a message is an 8-byte big-endian header (magic, version, type,
+flags, body length) followed by the body that the type selects. Each body is a
+construct ``Struct`` of named, documented, capped fields (see
+:mod:`edge.wire.fields`), registered with its description and spec reference
+in :data:`SPECS`; :data:`BODIES` is the same table reduced to declarations and
+is the single source of truth that docs/PROTOCOL.md is generated from.
+
+:func:`decode` reads the header with one ``struct`` call and checks it in a
+fixed order, before the body is touched: at least 8 bytes (Truncated), magic
+(BadMagic), version (UnsupportedVersion), type (UnknownType), the length
+against the type's largest possible body (Oversized), the length against the
+bytes present (Truncated if fewer, Malformed if more). Only then is the body
+parsed, and it must consume exactly ``length`` bytes. Every exception construct
+or the standard library could raise on the way is turned into a
+:class:`~edge.wire.errors.WireError` naming the message type and field.
+
+The encoding is canonical: every value has exactly one encoding, so a decoded
+message re-encodes to the same bytes (reserved header flag bits aside, which
+are dropped on receipt). Signature checks rely on this: a certificate or a
+presence record can be rebuilt from its parsed form to get the signed bytes.
+
+Construct's compiled parsers are never used: its own documentation warns they
+do not check untrusted input.
+"""
+
+import io
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Any
+
+from construct import (
+    Bytes,
+    Const,
+    Construct,
+    ConstructError,
+    Container,
+    FixedSized,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    Int64ub,
+    Struct,
+    Switch,
+    this,
+)
+
+from edge.wire.codes import MAGIC, PROTOCOL_VERSION, ErrorCode, MsgType, NoisePattern
+from edge.wire.errors import (
+    BadMagic,
+    BuildError,
+    Malformed,
+    Oversized,
+    Truncated,
+    UnknownType,
+    UnsupportedVersion,
+)
+from edge.wire.fields import (
+    Address,
+    Array,
+    Blob,
+    Bool8,
+    Bounded,
+    EnumField,
+    Id16,
+    Key32,
+    Millis,
+    OptionalAddress,
+    Rest,
+    Signature64,
+    Text,
+    field_name,
+    size_range,
+)
+
+HEADER_SIZE = 8
+MAX_MESSAGE = 0xFFFF
+"""Largest whole message (header and body): what a u16 length-prefixed frame can carry."""
+
+MAX_BODY = MAX_MESSAGE - HEADER_SIZE
+"""Largest body of any type; a header announcing more is Oversized whatever its type."""
+
+USER_ID_MAX = 64
+DEVICE_ID_MAX = 64
+DISPLAY_NAME_MAX = 64
+DETAIL_MAX = 200
+CERTIFICATE_MAX = 512
+NOISE_MAX = 1024
+MEDIA_PAYLOAD_MAX = 1200
+FILE_CHUNK_MAX = 16384
+TRANSPORT_FIXED = 12
+"""receiver_index and counter: the TRANSPORT body bytes before the ciphertext."""
+
+MEDIA_FIXED = 9
+"""stream_id, codec, flags, sequence, timestamp: the MEDIA_FRAME bytes before the payload."""
+
+
+class HeaderFlag(IntFlag):
+    """Bits of the header's ``flags`` field; the rest are reserved (sent 0, ignored)."""
+
+    ACK_REQUESTED = 0x0001
+    """The sender wants a receipt for this message."""
+
+
+KNOWN_FLAGS = int(HeaderFlag.ACK_REQUESTED)
+
+
+class MediaFlag(IntFlag):
+    """Bits of a MEDIA_FRAME's ``flags``; the rest are reserved (sent 0, ignored)."""
+
+    REDUNDANCY = 0x01
+    """The payload also protects the frame before it (e.g. Opus FEC, RFC 6716 §2.1.7)."""
+
+    MARKER = 0x02
+    """First frame of a talkspurt, as the RTP marker bit (RFC 3550 §5.1)."""
+
+
+class BuddyOp(IntEnum):
+    """What a BUDDY_OP asks the login server to do with one buddy."""
+
+    ADD_REQUEST = 1
+    ACCEPT = 2
+    DENY = 3
+    REMOVE = 4
+    BLOCK = 5
+    UNBLOCK = 6
+
+
+class BuddyState(IntEnum):
+    """Where one entry of a buddy list stands."""
+
+    PENDING_OUT = 1
+    PENDING_IN = 2
+    ACCEPTED = 3
+    BLOCKED = 4
+    REMOVED = 5
+
+
+class CandidateKind(IntEnum):
+    """How a candidate address was learned (RFC 8445 §5.1.1)."""
+
+    HOST = 1
+    SERVER_REFLEXIVE = 2
+    PEER_REFLEXIVE = 3
+    RELAY = 4
+
+
+class Transport(IntEnum):
+    """The transport protocol a candidate or path uses."""
+
+    UDP = 1
+    TCP = 2
+
+
+class Codec(IntEnum):
+    """Audio codecs: Opus (RFC 6716) and G.711 mu-law / A-law (ITU-T G.711)."""
+
+    OPUS = 1
+    PCMU = 2
+    PCMA = 3
+
+
+class CallEndReason(IntEnum):
+    """Why a call was refused or ended."""
+
+    NORMAL = 1
+    BUSY = 2
+    DECLINED = 3
+    NO_ANSWER = 4
+    UNREACHABLE = 5
+    FAILED = 6
+    CANCELLED = 7
+
+
+class PathKind(IntEnum):
+    """The kind of path a call's media currently takes."""
+
+    DIRECT_UDP = 1
+    PUNCHED_UDP = 2
+    DIRECT_TCP = 3
+    RELAY_UDP = 4
+    RELAY_TCP = 5
+
+
+class ReceiptStatus(IntEnum):
+    """What became of an instant message."""
+
+    DELIVERED = 1
+    READ = 2
+    STORED_OFFLINE = 3
+    REJECTED = 4
+
+
+# Field kinds shared by many bodies.
+UserId = Text(USER_ID_MAX)
+Detail = Text(DETAIL_MAX)
+CertificateBlob = Blob(CERTIFICATE_MAX)
+NoiseBlob = Blob(NOISE_MAX)
+SessionIndex = Int32ub
+
+
+# ---------------------------------------------------------------- shared structures
+
+CertificateTBS = Struct(
+    "version" / Const(1, Int8ub) * "certificate format version; always 1",
+    "serial" / Int64ub * "issuer-assigned serial number, unique per issuer key",
+    "user_id" / UserId * "the account the keys belong to",
+    "device_id" / Text(DEVICE_ID_MAX) * "the device within the account",
+    "sign_key" / Key32 * "the device's Ed25519 public key (RFC 8032)",
+    "dh_key" / Key32 * "the device's X25519 public key (RFC 7748), its Noise static key",
+    "not_before" / Int64ub * "start of validity, Unix seconds",
+    "not_after" / Int64ub * "end of validity, Unix seconds",
+    "issuer_key_id" / Bytes(8) * "names the login-server key that signed the certificate",
+)
+
+Certificate = Struct(
+    "tbs" / CertificateTBS * "the signed part",
+    "signature" / Signature64 * "issuer's Ed25519 signature over the encoded tbs bytes",
+)
+
+HandshakePayload = Struct(
+    "certificate" / CertificateBlob * "the sender's certificate, exact signed bytes; may be empty",
+    "timestamp_ms" / Millis * "sender's clock when it made the message; stale ones are refused",
+    "features" / Int32ub * "feature bits; none defined yet: send 0, ignore unknown bits",
+)
+
+Candidate = Struct(
+    "kind" / EnumField(CandidateKind) * "how the address was learned",
+    "transport" / EnumField(Transport) * "UDP or TCP",
+    "priority" / Int32ub * "RFC 8445 §5.1.2: 2^24 type preference + 2^8 local preference + 255",
+    "foundation" / Int32ub * "RFC 8445 §5.1.1.3: equal for same kind, base and server",
+    "address" / Address * "the candidate's transport address",
+    "related" / OptionalAddress * "base of a reflexive or relayed candidate; none for host",
+)
+
+PresenceRecord = Struct(
+    "user_id" / UserId * "whose presence this is",
+    "certificate" / CertificateBlob * "the publishing device's certificate, exact signed bytes",
+    "supernode" / Address * "the supernode the device is logged in through",
+    "candidates" / Array(16, Candidate) * "addresses the device can be reached on",
+    "expires_ms" / Millis * "when the record stops being valid; republish before",
+    "sequence" / Int64ub * "grows with each publish; a higher sequence replaces a lower",
+)
+
+SignedPresenceRecord = Struct(
+    "record" / PresenceRecord * "the signed part",
+    "signature" / Signature64 * "Ed25519 by the certificate's sign_key over the record bytes",
+)
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    """A structure carried inside messages (or inside Noise payloads), for the document."""
+
+    name: str
+    layout: Any
+    reference: str
+    description: str
+
+
+STRUCTURES: tuple[StructureSpec, ...] = (
+    StructureSpec(
+        "Certificate",
+        Certificate,
+        "RFC 8032 §5.1.6 (Ed25519 signature)",
+        "A login server's statement that a user's device holds these two public keys, "
+        "valid for a while. It travels as a u16-prefixed blob holding the exact signed "
+        "bytes; the signature covers the encoded CertificateTBS, the bytes before it.",
+    ),
+    StructureSpec(
+        "CertificateTBS",
+        CertificateTBS,
+        "RFC 8032 (Ed25519 keys), RFC 7748 (X25519 keys)",
+        "The to-be-signed part of a Certificate.",
+    ),
+    StructureSpec(
+        "HandshakePayload",
+        HandshakePayload,
+        "Noise rev 34 §7.7 (payload security properties)",
+        "The plaintext each side puts inside its Noise handshake message that carries "
+        "its static key (HANDSHAKE_RESP and HANDSHAKE_FINISH): the certificate binding "
+        "that static key to a user, and the time, so that old handshakes cannot be replayed.",
+    ),
+    StructureSpec(
+        "PresenceRecord",
+        PresenceRecord,
+        "Kademlia (Maymounkov and Mazieres, 2002) for the overlay that stores it",
+        "Where a logged-in device can be reached. Signed by its owner (SignedPresenceRecord), "
+        "so the supernodes that store and serve it cannot forge it.",
+    ),
+    StructureSpec(
+        "SignedPresenceRecord",
+        SignedPresenceRecord,
+        "RFC 8032 §5.1.6 (Ed25519 signature)",
+        "A PresenceRecord with its owner's signature over the record's encoded bytes.",
+    ),
+    StructureSpec(
+        "Candidate",
+        Candidate,
+        "RFC 8445 §5.1.1 (gathering), §5.1.2 (priority); RFC 8839 §5.1 (related address)",
+        "One transport address at which a device may receive media, as ICE defines it.",
+    ),
+)
+
+
+# ---------------------------------------------------------------- message bodies
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """One message type: its body declaration, spec reference and description."""
+
+    type: MsgType
+    body: Any
+    reference: str
+    description: str
+
+
+HANDSHAKE_INIT = MessageSpec(
+    MsgType.HANDSHAKE_INIT,
+    Struct(
+        "pattern" / EnumField(NoisePattern) * "XX on first contact, IK when the peer key is known",
+        "sender_index" / SessionIndex * "initiator's index for this session, chosen at random",
+        "cookie" / Id16 * "cookie from a COOKIE_REPLY, or 16 zero bytes",
+        "noise" / NoiseBlob * "Noise message 1 (XX: -> e; IK: -> e, es, s, ss)",
+    ),
+    "Noise rev 34 §7.5 (XX and IK, message 1); cookie as in WireGuard §5.4.7",
+    "Opens a session. The responder echoes sender_index so the initiator finds the "
+    "session again. A responder under load may answer COOKIE_REPLY instead; the "
+    "initiator then sends this message again with that cookie.",
+)
+
+HANDSHAKE_RESP = MessageSpec(
+    MsgType.HANDSHAKE_RESP,
+    Struct(
+        "sender_index" / SessionIndex * "responder's index for this session",
+        "receiver_index" / SessionIndex * "the initiator's sender_index",
+        "noise" / NoiseBlob * "Noise message 2 (XX: <- e, ee, s, es; IK: <- e, ee, se)",
+    ),
+    "Noise rev 34 §7.5 (XX and IK, message 2)",
+    "The responder's half of the handshake, with its HandshakePayload (certificate) "
+    "encrypted inside. For IK this completes the handshake.",
+)
+
+HANDSHAKE_FINISH = MessageSpec(
+    MsgType.HANDSHAKE_FINISH,
+    Struct(
+        "receiver_index" / SessionIndex * "the responder's sender_index",
+        "noise" / NoiseBlob * "Noise XX message 3 (-> s, se) with a HandshakePayload",
+    ),
+    "Noise rev 34 §7.5 (XX, message 3)",
+    "XX only: the initiator's static key and certificate. After it both sides hold "
+    "transport keys and speak TRANSPORT.",
+)
+
+COOKIE_REPLY = MessageSpec(
+    MsgType.COOKIE_REPLY,
+    Struct(
+        "receiver_index" / SessionIndex * "the initiator's sender_index",
+        "cookie" / Id16 * "to be echoed in a repeated HANDSHAKE_INIT",
+    ),
+    "WireGuard whitepaper §5.4.7 (cookie reply under load)",
+    "Sent instead of HANDSHAKE_RESP by a responder under load, so that it spends no "
+    "public-key work on initiators that cannot receive at their claimed address.",
+)
+
+TRANSPORT = MessageSpec(
+    MsgType.TRANSPORT,
+    Struct(
+        "receiver_index" / SessionIndex * "the receiver's index for the session",
+        "counter" / Int64ub * "AEAD nonce; the receiver drops repeats with a replay window",
+        "ciphertext" / Rest(MAX_BODY - TRANSPORT_FIXED) * "a whole edge message, encrypted",
+    ),
+    "Noise rev 34 §5.1 (CipherState), §11.4 (out-of-order transport messages)",
+    "Everything after the handshake. The plaintext inside the ciphertext is itself a "
+    "whole edge message, header and body. The counter travels in clear so datagrams "
+    "may arrive out of order or not at all.",
+)
+
+LOGIN_HELLO = MessageSpec(
+    MsgType.LOGIN_HELLO,
+    Struct(
+        "user_id" / UserId * "the account logging in",
+        "device_id" / Text(DEVICE_ID_MAX) * "this device within the account",
+        "sign_key" / Key32 * "the device's Ed25519 public key",
+        "dh_key" / Key32 * "the device's X25519 public key",
+        "client_version" / Text(32) * "software version, for the operator's logs",
+    ),
+    "RFC 8032 (Ed25519), RFC 7748 (X25519)",
+    "First message a device sends to the login server, inside a Noise session: who it "
+    "is and which keys it wants certified. The server answers LOGIN_CHALLENGE.",
+)
+
+LOGIN_CHALLENGE = MessageSpec(
+    MsgType.LOGIN_CHALLENGE,
+    Struct(
+        "nonce" / Key32 * "fresh random bytes the device must sign",
+        "server_time_ms" / Millis * "the server's clock, for devices without a real-time clock",
+    ),
+    "RFC 8032 §5.1.6 (what the device signs with)",
+    "The login server's challenge. A known device answers LOGIN_DEVICE_PROOF; a device "
+    "enrolling for the first time answers LOGIN_PASSWORD.",
+)
+
+LOGIN_PASSWORD = MessageSpec(
+    MsgType.LOGIN_PASSWORD,
+    Struct("password" / Text(256) * "the account password"),
+    "RFC 9106 (argon2id, how the server stores what it checks against)",
+    "Enrolment only: the account password, sent once and only inside the encrypted "
+    "Noise session with the login server.",
+)
+
+LOGIN_DEVICE_PROOF = MessageSpec(
+    MsgType.LOGIN_DEVICE_PROOF,
+    Struct("signature" / Signature64 * "Ed25519 by the device's sign_key over the challenge"),
+    "RFC 8032 §5.1.6 (Ed25519 signing)",
+    "Proves that the device holds the private half of the sign_key it presented.",
+)
+
+LOGIN_RESULT = MessageSpec(
+    MsgType.LOGIN_RESULT,
+    Struct(
+        "status" / EnumField(ErrorCode, 2, accept_unknown=True) * "OK, or why login failed",
+        "certificate" / CertificateBlob * "the device's new certificate; empty on failure",
+        "detail" / Detail * "human-readable detail, for logs",
+    ),
+    "edge login (no external spec)",
+    "The outcome of a login. On OK the device now holds a certificate to put in its "
+    "handshakes and presence records.",
+)
+
+CERTIFICATE = MessageSpec(
+    MsgType.CERTIFICATE,
+    Struct("certificate" / CertificateBlob * "a certificate, exact signed bytes"),
+    "RFC 8032 §5.1.6 (Ed25519 signature)",
+    "A certificate on its own: a renewal pushed by the login server, or an answer to a "
+    "peer that needs it.",
+)
+
+PRESENCE_PUBLISH = MessageSpec(
+    MsgType.PRESENCE_PUBLISH,
+    Struct(
+        "record" / PresenceRecord * "where the device can be reached",
+        "signature" / Signature64 * "Ed25519 by the device's sign_key over the record bytes",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002) for the overlay; RFC 8445 §5.1.1 (candidates)",
+    "A client tells its supernode where it can be reached; the supernode stores the "
+    "signed record in the overlay under the user id until it expires.",
+)
+
+PRESENCE_LOOKUP = MessageSpec(
+    MsgType.PRESENCE_LOOKUP,
+    Struct(
+        "request_id" / Int32ub * "echoed in the PRESENCE_RESULT",
+        "user_id" / UserId * "whose presence is wanted",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002), FIND_VALUE",
+    "Where is this user? Asked of a supernode, which looks it up in the overlay.",
+)
+
+PRESENCE_RESULT = MessageSpec(
+    MsgType.PRESENCE_RESULT,
+    Struct(
+        "request_id" / Int32ub * "from the PRESENCE_LOOKUP",
+        "records" / Array(8, SignedPresenceRecord) * "one per device online; empty if none",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002), FIND_VALUE",
+    "The signed presence records found. The receiver checks each signature and "
+    "certificate before using a record.",
+)
+
+SEARCH = MessageSpec(
+    MsgType.SEARCH,
+    Struct(
+        "request_id" / Int32ub * "echoed in the SEARCH_RESULT",
+        "query" / Text(64) * "text to match against user ids and display names",
+        "max_results" / Int8ub * "the most entries wanted (the answer holds at most 32)",
+    ),
+    "edge directory search (no external spec)",
+    "Find users by name.",
+)
+
+SEARCH_RESULT = MessageSpec(
+    MsgType.SEARCH_RESULT,
+    Struct(
+        "request_id" / Int32ub * "from the SEARCH",
+        "entries"
+        / Array(
+            32,
+            Struct(
+                "user_id" / UserId * "the user found",
+                "display_name" / Text(DISPLAY_NAME_MAX) * "their chosen name",
+                "online" / Bool8 * "1 if a presence record exists now",
+            ),
+        )
+        * "users matching the query",
+    ),
+    "edge directory search (no external spec)",
+    "Users matching a SEARCH.",
+)
+
+BUDDY_OP = MessageSpec(
+    MsgType.BUDDY_OP,
+    Struct(
+        "op" / EnumField(BuddyOp) * "what to do",
+        "user_id" / UserId * "the buddy concerned",
+        "note" / Detail * "text shown with an add request; empty otherwise",
+    ),
+    "edge buddy list (no external spec)",
+    "Changes the sender's buddy list on the login server: ask someone to be a buddy, "
+    "answer such a request, remove, block or unblock.",
+)
+
+BUDDY_SYNC = MessageSpec(
+    MsgType.BUDDY_SYNC,
+    Struct("since_version" / Int64ub * "last list version held; 0 for the whole list"),
+    "edge buddy list (no external spec)",
+    "Asks the login server for the changes to the buddy list since a version.",
+)
+
+BUDDY_LIST = MessageSpec(
+    MsgType.BUDDY_LIST,
+    Struct(
+        "version" / Int64ub * "list version after applying these entries",
+        "full" / Bool8 * "1: the whole list; 0: only entries changed since since_version",
+        "entries"
+        / Array(
+            255,
+            Struct(
+                "user_id" / UserId * "the buddy",
+                "state" / EnumField(BuddyState) * "where the relationship stands",
+                "display_name" / Text(DISPLAY_NAME_MAX) * "their chosen name",
+            ),
+        )
+        * "buddies",
+    ),
+    "edge buddy list (no external spec)",
+    "The buddy list, whole or as a delta. A delta marks removed buddies REMOVED.",
+)
+
+CALL_INVITE = MessageSpec(
+    MsgType.CALL_INVITE,
+    Struct(
+        "call_id" / Id16 * "chosen at random by the caller",
+        "caller" / UserId * "who calls",
+        "callee" / UserId * "who is called",
+        "candidates" / Array(16, Candidate) * "the caller's candidates",
+        "codecs" / Array(8, EnumField(Codec)) * "codecs the caller accepts, preferred first",
+        "ufrag" / Text(32) * "ICE username fragment for the connectivity checks",
+        "pwd" / Text(64) * "ICE password for the connectivity checks",
+    ),
+    "RFC 8445 §5.1 (candidates); RFC 8839 §5.4 (ufrag, pwd)",
+    "Offers a call. Sent end to end through the supernodes; the callee answers "
+    "CALL_RINGING, then CALL_ACCEPT or CALL_REJECT.",
+)
+
+CALL_RINGING = MessageSpec(
+    MsgType.CALL_RINGING,
+    Struct("call_id" / Id16 * "from the CALL_INVITE"),
+    "edge call signalling (no external spec)",
+    "The callee is alerting its user.",
+)
+
+CALL_ACCEPT = MessageSpec(
+    MsgType.CALL_ACCEPT,
+    Struct(
+        "call_id" / Id16 * "from the CALL_INVITE",
+        "candidates" / Array(16, Candidate) * "the callee's candidates",
+        "codec" / EnumField(Codec) * "the codec chosen from the offer",
+        "ufrag" / Text(32) * "the callee's ICE username fragment",
+        "pwd" / Text(64) * "the callee's ICE password",
+    ),
+    "RFC 8445 §5.1 (candidates); RFC 8839 §5.4 (ufrag, pwd)",
+    "The callee answers; both sides start connectivity checks on their candidate pairs.",
+)
+
+CALL_REJECT = MessageSpec(
+    MsgType.CALL_REJECT,
+    Struct(
+        "call_id" / Id16 * "from the CALL_INVITE",
+        "reason" / EnumField(CallEndReason) * "why",
+        "detail" / Detail * "human-readable detail, for logs",
+    ),
+    "edge call signalling (no external spec)",
+    "The callee will not take the call.",
+)
+
+CALL_BYE = MessageSpec(
+    MsgType.CALL_BYE,
+    Struct(
+        "call_id" / Id16 * "the call",
+        "reason" / EnumField(CallEndReason) * "why",
+        "detail" / Detail * "human-readable detail, for logs",
+    ),
+    "edge call signalling (no external spec)",
+    "Ends a call, or cancels one not yet answered (reason CANCELLED).",
+)
+
+PATH_UPDATE = MessageSpec(
+    MsgType.PATH_UPDATE,
+    Struct(
+        "call_id" / Id16 * "the call",
+        "local" / Candidate * "the sender's end of the path now in use",
+        "remote" / Candidate * "the receiver's end of the path now in use",
+        "path_kind" / EnumField(PathKind) * "what kind of path it is",
+    ),
+    "RFC 8445 §8.1.1 (nominating pairs)",
+    "The sender switched the call's media to another candidate pair, e.g. after the old path died.",
+)
+
+INSTANT_MESSAGE = MessageSpec(
+    MsgType.INSTANT_MESSAGE,
+    Struct(
+        "message_id" / Id16 * "chosen at random by the sender; receipts name it",
+        "sender" / UserId * "who wrote it",
+        "recipient" / UserId * "to whom",
+        "sequence" / Int64ub * "per-conversation counter, to order and spot gaps",
+        "sent_ms" / Millis * "sender's clock when sent",
+        "text" / Text(4096) * "the message",
+    ),
+    "edge messaging (no external spec)",
+    "A chat message, end to end encrypted like everything else.",
+)
+
+MESSAGE_RECEIPT = MessageSpec(
+    MsgType.MESSAGE_RECEIPT,
+    Struct(
+        "message_id" / Id16 * "the message concerned",
+        "status" / EnumField(ReceiptStatus) * "what became of it",
+    ),
+    "edge messaging (no external spec)",
+    "Tells the sender of an INSTANT_MESSAGE what became of it.",
+)
+
+FILE_OFFER = MessageSpec(
+    MsgType.FILE_OFFER,
+    Struct(
+        "file_id" / Id16 * "chosen at random by the sender",
+        "name" / Text(255) * "file name, no directories",
+        "size" / Int64ub * "bytes",
+        "sha256" / Key32 * "SHA-256 of the whole file (FIPS 180-4)",
+        "chunk_size" / Bounded(4, 1, FILE_CHUNK_MAX) * "bytes per FILE_CHUNK",
+    ),
+    "FIPS 180-4 (SHA-256)",
+    "Offers a file. The receiver accepts by sending FILE_ACK with offset 0 and a window.",
+)
+
+FILE_CHUNK = MessageSpec(
+    MsgType.FILE_CHUNK,
+    Struct(
+        "file_id" / Id16 * "from the FILE_OFFER",
+        "offset" / Int64ub * "where data goes in the file",
+        "data" / Blob(FILE_CHUNK_MAX) * "file bytes",
+    ),
+    "edge file transfer (no external spec)",
+    "A piece of a file, sent only within the receiver's window.",
+)
+
+FILE_ACK = MessageSpec(
+    MsgType.FILE_ACK,
+    Struct(
+        "file_id" / Id16 * "from the FILE_OFFER",
+        "offset" / Int64ub * "bytes received contiguously from the start",
+        "window" / Int32ub * "further bytes the receiver will take beyond offset",
+    ),
+    "edge file transfer (no external spec)",
+    "Acknowledges file bytes and grants credit, so the sender never outruns the receiver.",
+)
+
+MEDIA_FRAME = MessageSpec(
+    MsgType.MEDIA_FRAME,
+    Struct(
+        "stream_id" / Int8ub * "which stream of the call",
+        "codec" / EnumField(Codec) * "how payload is encoded",
+        "flags" / Int8ub * "MediaFlag bits: 0x01 REDUNDANCY, 0x02 MARKER",
+        "sequence" / Int16ub * "per stream, +1 per frame, wraps",
+        "timestamp" / Int32ub * "sample clock of the first sample, wraps",
+        "payload" / Rest(MEDIA_PAYLOAD_MAX) * "one encoded audio frame",
+    ),
+    "RFC 3550 §5.1 (sequence, timestamp, marker); RFC 6716 (Opus)",
+    "One frame of audio. Sent inside TRANSPORT, so it is encrypted; the fixed part is "
+    "9 bytes. Unknown flag bits are reserved: sent 0, ignored.",
+)
+
+KEEPALIVE = MessageSpec(
+    MsgType.KEEPALIVE,
+    Struct(
+        "nonce" / Int32ub * "copied into the reply",
+        "sent_ms" / Millis * "the requester's clock; copied into the reply, for RTT",
+        "echo" / Bool8 * "1: please reply; 0: this is the reply",
+    ),
+    "RFC 8445 §11 (keepalives)",
+    "Keeps NAT bindings open and measures round-trip time.",
+)
+
+ERROR = MessageSpec(
+    MsgType.ERROR,
+    Struct(
+        "code" / EnumField(ErrorCode, 2, accept_unknown=True) * "what went wrong",
+        "about_type" / EnumField(MsgType, accept_unknown=True) * "the offending type, or 0",
+        "detail" / Detail * "human-readable detail, for logs",
+    ),
+    "edge (no external spec)",
+    "Reports that a message was refused. Never sent in answer to an ERROR.",
+)
+
+SPECS: dict[MsgType, MessageSpec] = {
+    spec.type: spec
+    for spec in (
+        HANDSHAKE_INIT,
+        HANDSHAKE_RESP,
+        HANDSHAKE_FINISH,
+        COOKIE_REPLY,
+        TRANSPORT,
+        LOGIN_HELLO,
+        LOGIN_CHALLENGE,
+        LOGIN_PASSWORD,
+        LOGIN_DEVICE_PROOF,
+        LOGIN_RESULT,
+        CERTIFICATE,
+        PRESENCE_PUBLISH,
+        PRESENCE_LOOKUP,
+        PRESENCE_RESULT,
+        SEARCH,
+        SEARCH_RESULT,
+        BUDDY_OP,
+        BUDDY_SYNC,
+        BUDDY_LIST,
+        CALL_INVITE,
+        CALL_RINGING,
+        CALL_ACCEPT,
+        CALL_REJECT,
+        CALL_BYE,
+        PATH_UPDATE,
+        INSTANT_MESSAGE,
+        MESSAGE_RECEIPT,
+        FILE_OFFER,
+        FILE_CHUNK,
+        FILE_ACK,
+        MEDIA_FRAME,
+        KEEPALIVE,
+        ERROR,
+    )
+}
+
+BODIES: dict[MsgType, Construct] = {msg_type: spec.body for msg_type, spec in SPECS.items()}
+"""The body declaration of every message type: the single source of truth."""
+
+BODY_CAPS: dict[MsgType, int] = {t: size_range(body)[1] for t, body in BODIES.items()}
+"""Largest body each type can have, computed from the field caps."""
+
+if max(BODY_CAPS.values()) > MAX_BODY:
+    raise BuildError("a body declaration can exceed the largest body a header can announce")
+
+Header = Struct(
+    "magic" / Const(MAGIC) * "0xED 0x9E; outside the first-byte ranges RFC 7983 assigns",
+    "version" / Int8ub * "protocol version, 1",
+    "type" / EnumField(MsgType) * "message type, selects the body",
+    "flags" / Int16ub * "0x0001 ACK_REQUESTED; other bits reserved: sent 0, ignored",
+    "length" / Int16ub * "body length in bytes; exactly this many bytes follow",
+)
+"""The 8-byte header, declared for the document and for comparison with the hot path."""
+
+Frame = Struct(
+    "header" / Header * "see above",
+    "body" / FixedSized(this.header.length, Switch(this.header.type, BODIES)) * "per type",
+)
+"""A whole message as one declaration. decode() does not use it (see the module doc)."""
+
+
+# ---------------------------------------------------------------- codec
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: its type, its body fields, and its known header flags."""
+
+    type: MsgType
+    body: Any
+    """A construct ``Container``: read fields as attributes (``body.text``) or keys."""
+    flags: int = 0
+
+    @property
+    def ack_requested(self) -> bool:
+        return bool(self.flags & HeaderFlag.ACK_REQUESTED)
+
+
+_HEADER = struct.Struct(">2sBBHH")
+_TYPES: dict[int, MsgType] = {int(t): t for t in BODIES}
+_BUILD_FAILURES = (
+    ConstructError,
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+)
+_PARSE_FAILURES = (ConstructError, KeyError, TypeError, ValueError, IndexError, OverflowError)
+
+
+def encode(msg_type: MsgType, body: Mapping[str, Any], flags: int = 0) -> bytes:
+    """Header and body bytes of one message.
+
+    Raises :class:`BuildError` (or :class:`CapExceeded`) when a field is missing,
+    of the wrong type, out of range or over its cap, or when ``flags`` sets a
+    reserved bit. Extra keys in ``body`` are ignored.
+    """
+    known = _TYPES.get(msg_type) if isinstance(msg_type, int) else None
+    if known is None:
+        raise BuildError(f"no message type {msg_type!r}")
+    spec = SPECS[known]
+    if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~KNOWN_FLAGS:
+        raise BuildError(f"{spec.type.name}: flags {flags!r} set reserved bits")
+    payload = build_exact(spec.body, body, f"{spec.type.name} body")
+    return _HEADER.pack(MAGIC, PROTOCOL_VERSION, spec.type, flags, len(payload)) + payload
+
+
+def decode(data: bytes) -> Message:
+    """Parse exactly one whole message; raises only :class:`WireError` subclasses."""
+    msg_type, flags = _read_header(data)
+    body = parse_exact(BODIES[msg_type], data[HEADER_SIZE:], f"{msg_type.name} body")
+    return Message(msg_type, body, flags)
+
+
+def _read_header(data: bytes) -> tuple[MsgType, int]:
+    if len(data) < HEADER_SIZE:
+        raise Truncated(f"{len(data)} bytes; a header needs {HEADER_SIZE}")
+    magic, version, type_value, flags, length = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BadMagic(f"magic 0x{magic.hex()}, expected 0x{MAGIC.hex()}")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(version)
+    msg_type = _TYPES.get(type_value)
+    if msg_type is None:
+        raise UnknownType(type_value)
+    _check_length(msg_type, length, len(data) - HEADER_SIZE)
+    return msg_type, flags & KNOWN_FLAGS
+
+
+def _check_length(msg_type: MsgType, length: int, present: int) -> None:
+    cap = BODY_CAPS[msg_type]
+    if length > cap:
+        raise Oversized(f"{msg_type.name}: header announces {length} body bytes, cap {cap}")
+    if length > present:
+        raise Truncated(f"{msg_type.name}: header announces {length} body bytes, {present} present")
+    if length < present:
+        raise Malformed(f"{msg_type.name}: {present - length} bytes after the {length}-byte body")
+
+
+def parse_exact(layout: Construct, data: bytes, what: str) -> Any:
+    """Parse ``data`` with ``layout``, which must consume all of it; only our errors escape.
+
+    ``what`` opens every error message (e.g. ``"certificate"``).
+    """
+    stream = io.BytesIO(data)
+    try:
+        value = layout.parse_stream(stream)
+    except (Malformed, Oversized) as exc:
+        raise type(exc)(f"{what}, {exc}") from None
+    except _PARSE_FAILURES as exc:
+        raise Malformed(f"{what}, {_explain(exc)}") from exc
+    left = len(data) - stream.tell()
+    if left:
+        raise Malformed(f"{what}: {left} bytes left over after the last field")
+    return _without_stream(value)
+
+
+def build_exact(layout: Construct, value: Mapping[str, Any], what: str) -> bytes:
+    """Bytes of ``value`` under ``layout``; raises only :class:`BuildError` subclasses."""
+    try:
+        return bytes(layout.build(value))
+    except BuildError as exc:
+        raise type(exc)(f"{what}, {exc}") from None
+    except _BUILD_FAILURES as exc:
+        raise BuildError(f"{what}, {_explain(exc)}") from exc
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, ConstructError):
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        return f"{field_name(exc.path or '')}: {detail}"
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _without_stream(value: Any) -> Any:
+    # construct records the stream as "_io" in every parsed Struct; it would keep
+    # the whole input alive and clutter every repr.
+    if isinstance(value, Container):
+        value.pop("_io", None)
+        for item in value.values():
+            _without_stream(item)
+    elif isinstance(value, list):
+        for item in value:
+            _without_stream(item)
+    return value
+
+
+# ---------------------------------------------------------------- shared-structure wrappers
+
+_CERTIFICATE_MAX = size_range(Certificate)[1]
+_TBS_MAX = size_range(CertificateTBS)[1]
+_RECORD_MAX = size_range(PresenceRecord)[1]
+_PAYLOAD_MAX = size_range(HandshakePayload)[1]
+
+
+def _parse_capped(layout: Construct, data: bytes, cap: int, what: str) -> Container:
+    if len(data) > cap:
+        raise Oversized(f"{what}: {len(data)} bytes, at most {cap}")
+    result: Container = parse_exact(layout, data, what)
+    return result
+
+
+def parse_certificate(data: bytes) -> Container:
+    """A Certificate's fields (``tbs``, ``signature``). The signature is not checked here."""
+    return _parse_capped(Certificate, data, _CERTIFICATE_MAX, "certificate")
+
+
+def build_certificate(certificate: Mapping[str, Any]) -> bytes:
+    """Bytes of a Certificate (``tbs`` and ``signature``)."""
+    return build_exact(Certificate, certificate, "certificate")
+
+
+def parse_certificate_tbs(data: bytes) -> Container:
+    """The fields of a CertificateTBS."""
+    return _parse_capped(CertificateTBS, data, _TBS_MAX, "certificate tbs")
+
+
+def build_certificate_tbs(tbs: Mapping[str, Any]) -> bytes:
+    """The bytes an issuer signs; ``version`` may be left out."""
+    return build_exact(CertificateTBS, tbs, "certificate tbs")
+
+
+def parse_presence_record(data: bytes) -> Container:
+    """The fields of an (unsigned) PresenceRecord."""
+    return _parse_capped(PresenceRecord, data, _RECORD_MAX, "presence record")
+
+
+def build_presence_record(record: Mapping[str, Any]) -> bytes:
+    """The bytes a device signs for PRESENCE_PUBLISH."""
+    return build_exact(PresenceRecord, record, "presence record")
+
+
+def parse_handshake_payload(data: bytes) -> Container:
+    """The fields of a HandshakePayload, as decrypted from a Noise handshake message."""
+    return _parse_capped(HandshakePayload, data, _PAYLOAD_MAX, "handshake payload")
+
+
+def build_handshake_payload(payload: Mapping[str, Any]) -> bytes:
+    """The plaintext to put in a Noise handshake message."""
+    return build_exact(HandshakePayload, payload, "handshake payload")
