@@ -19,7 +19,7 @@ test: $(STAMP) lint typecheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check edge tests bench tools
+	$(BIN)/ruff format --check edge tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
