@@ -350,3 +350,37 @@ def test_garbage_initiations_leave_no_state(issuer: IssuerKey) -> None:
         with pytest.raises(RemoteError):
             bob.receive_datagram(encode(MsgType.HANDSHAKE_INIT, body), A, 0.0)
     assert not bob._sessions
+
+
+def test_unknown_version_is_answered_and_explains_the_timeout(issuer: IssuerKey) -> None:
+    alice, bob, net = pair(issuer)
+    # Bob pretends to be a node of a future version: alice's INIT reaches him
+    # with its version byte changed, as if he had sent it.
+    index = alice.connect(B, 0.0)
+    ((init, _),) = alice.datagrams_to_send(0.0)
+    future = bytearray(init)
+    future[2] = 2
+    with pytest.raises(UnsupportedVersion):
+        bob.receive_datagram(bytes(future), A, 0.0)
+    ((reply, to),) = bob.datagrams_to_send(0.0)
+    assert to == A and len(reply) <= len(future)
+    error = decode(reply)
+    assert error.type is MsgType.ERROR and error.body.code is ErrorCode.UNSUPPORTED_VERSION
+    alice.receive_datagram(reply, B, 0.0)
+    assert alice.stats["peer_errors"] == 1
+    net.drop = lambda data, src, dst: True
+    now = 0.0
+    while (at := alice.get_timer()) is not None:
+        now = at
+        net.tick(now)
+    (failed,) = events(alice)
+    assert isinstance(failed, SessionFailed) and failed.index == index
+    assert "said UNSUPPORTED_VERSION: this node speaks edge protocol version 1" in failed.reason
+
+
+def test_version_error_is_never_larger_than_what_came_in(issuer: IssuerKey) -> None:
+    _, bob, _ = pair(issuer)
+    tiny = bytes([0xED, 0x9E, 2, 1, 0, 0, 0, 0])
+    with pytest.raises(UnsupportedVersion):
+        bob.receive_datagram(tiny, A, 0.0)
+    assert bob.datagrams_to_send(0.0) == []

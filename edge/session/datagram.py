@@ -56,7 +56,8 @@ from edge.session.events import (
 )
 from edge.session.handshake import HandshakeDriver, Identity
 from edge.wire import hot
-from edge.wire.codes import ErrorCode, MsgType, NoisePattern
+from edge.wire.codes import PROTOCOL_VERSION, ErrorCode, MsgType, NoisePattern
+from edge.wire.errors import UnsupportedVersion
 from edge.wire.messages import Codec, Message, decode, encode
 
 SESSION_TYPES = frozenset(
@@ -125,6 +126,8 @@ class _Session:
     repeats: int = 0
     cookie_replies: int = 0
     noise1: bytes = field(default=b"", repr=False)
+    peer_said: str = ""
+    """An unauthenticated ERROR from the peer's address, quoted if the handshake fails."""
     pattern: NoisePattern = NoisePattern.XX
 
 
@@ -243,12 +246,20 @@ class DatagramEndpoint:
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Take one datagram; raises a RemoteError for the adapter to count when it is bad."""
-        if hot.peek_type(data) is MsgType.TRANSPORT:
+        try:
+            msg_type = hot.peek_type(data)
+        except UnsupportedVersion:
+            self._answer_version(data, addr)
+            raise
+        if msg_type is MsgType.TRANSPORT:
             self._on_transport(data, addr)
             return
         message = decode(data)
         if message.type is MsgType.HANDSHAKE_INIT:
             self._on_init(message, addr, now)
+            return
+        if message.type is MsgType.ERROR:
+            self._on_peer_error(message, addr)
             return
         if message.type not in SESSION_TYPES:
             raise NotAllowedHere(f"{message.type.name} from {addr} outside a session")
@@ -379,6 +390,32 @@ class DatagramEndpoint:
     ) -> None:
         self.stats["duplicate_finish"] += 1
 
+    def _answer_version(self, data: bytes, addr: Address) -> None:
+        # Tell a newer (or older) peer what we speak, but never answer with
+        # more bytes than came in: no amplification for a spoofed source.
+        reply = encode(
+            MsgType.ERROR,
+            {
+                "code": ErrorCode.UNSUPPORTED_VERSION,
+                "about_type": 0,
+                "detail": f"this node speaks edge protocol version {PROTOCOL_VERSION}",
+            },
+        )
+        if len(reply) <= len(data):
+            self.stats["version_errors_sent"] += 1
+            self._queue(reply, addr)
+
+    def _on_peer_error(self, message: Message, addr: Address) -> None:
+        # Unauthenticated, so it ends nothing by itself (anyone can forge it);
+        # it explains a handshake that then times out.
+        body = message.body
+        code = body.code.name if isinstance(body.code, ErrorCode) else str(body.code)
+        said = f"{addr[0]}:{addr[1]} said {code}: {body.detail}"
+        self.stats["peer_errors"] += 1
+        for session in self._sessions.values():
+            if session.state is State.INIT_SENT and session.address == addr:
+                session.peer_said = said
+
     # -- transport ------------------------------------------------------------------------
 
     def _on_transport(self, data: bytes, addr: Address) -> None:
@@ -468,7 +505,8 @@ class DatagramEndpoint:
     def _repeat_or_give_up(self, session: _Session, now: float) -> None:
         session.repeats += 1
         if session.repeats >= self.limits.handshake_tries:
-            self._fail(session, ErrorCode.HANDSHAKE_FAILED, "handshake timed out: no answer")
+            reason = "handshake timed out: " + (session.peer_said or "no answer")
+            self._fail(session, ErrorCode.HANDSHAKE_FAILED, reason)
             return
         self._send_repeating(session, session.repeat, now)
 
