@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.crypto.cert import TrustStore, issue
+from edge.crypto.cert import TrustStore
 from edge.crypto.keys import DeviceKeys, IssuerKey
 from edge.errors import EdgeError, LocalError
-from edge.keytool import describe, read_certificate
+from edge.keytool import certify, describe, read_certificate
 from edge.runtime.adapters import open_datagram
 from edge.runtime.config import write_atomic
 from edge.runtime.loop import run
@@ -94,20 +94,10 @@ def _provision(state: Path) -> None:
     issuer.save(state / "issuer.key")
     write_atomic(state / "issuer.pub", issuer.public.hex().encode(), mode=0o644)
     say("login", f"made a throw-away login (issuer) key, id {issuer.key_id.hex()}")
-    now = int(time.time())
     for device in (PHONE, INTERCOM):
         keys = DeviceKeys.generate()
         keys.save(state / f"{device.name}.key")
-        raw = issue(
-            issuer,
-            serial=secrets.randbits(32),
-            user_id=device.user_id,
-            device_id=device.device_id,
-            sign_key=keys.sign_public,
-            dh_key=keys.dh_public,
-            not_before=now - 60,
-            not_after=now + 3600,
-        )
+        raw = certify(issuer, keys, device.user_id, device.device_id, 3600)
         write_atomic(state / f"{device.name}.cert", raw, mode=0o644)
         say("login", f"certified {device.what} ({device.user_id}/{device.device_id}) for one hour:")
         for line in describe(raw).splitlines():

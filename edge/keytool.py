@@ -70,17 +70,7 @@ def _certify(args: argparse.Namespace) -> int:
         raise LocalError("--hours must be more than 0 and at most a year")
     issuer = IssuerKey.load(args.issuer)
     device = DeviceKeys.load(args.device)
-    now = int(time.time())
-    raw = issue(
-        issuer,
-        serial=secrets.randbits(63),
-        user_id=args.user,
-        device_id=args.device_id,
-        sign_key=device.sign_public,
-        dh_key=device.dh_public,
-        not_before=now - 60,
-        not_after=now + int(args.hours * 3600),
-    )
+    raw = certify(issuer, device, args.user, args.device_id, int(args.hours * 3600))
     write_atomic(args.out, raw, mode=0o644)
     print(f"wrote {args.out}")
     print(describe(raw))
@@ -98,6 +88,23 @@ def _show(args: argparse.Namespace) -> int:
         TrustStore([public]).verify(raw, time.time())
         print("  verified: signature, validity window")
     return 0
+
+
+def certify(
+    issuer: IssuerKey, device: DeviceKeys, user_id: str, device_id: str, seconds: int
+) -> bytes:
+    """A certificate from now (less a minute for clock skew) for ``seconds``, random serial."""
+    now = int(time.time())
+    return issue(
+        issuer,
+        serial=secrets.randbits(63),
+        user_id=user_id,
+        device_id=device_id,
+        sign_key=device.sign_public,
+        dh_key=device.dh_public,
+        not_before=now - 60,
+        not_after=now + seconds,
+    )
 
 
 def read_certificate(path: Path) -> bytes:

@@ -56,13 +56,7 @@ class DeviceKeys:
 
     def save(self, path: Path) -> None:
         """Write both private keys to ``path`` (mode 0600, atomic replace)."""
-        text = (
-            "# edge device keys: secret, keep mode 0600\n"
-            f"format = {KEY_FILE_FORMAT}\n"
-            f'sign_seed = "{bytes(self.sign).hex()}"\n'
-            f'dh_private = "{self.dh.private.hex()}"\n'
-        )
-        write_atomic(path, text.encode("ascii"), mode=0o600)
+        _save(path, "device keys", sign_seed=bytes(self.sign), dh_private=self.dh.private)
 
     @classmethod
     def load(cls, path: Path) -> "DeviceKeys":
@@ -96,17 +90,18 @@ class IssuerKey:
         return self.sign.verify_key
 
     def save(self, path: Path) -> None:
-        text = (
-            "# edge issuer key: secret, keep mode 0600\n"
-            f"format = {KEY_FILE_FORMAT}\n"
-            f'sign_seed = "{bytes(self.sign).hex()}"\n'
-        )
-        write_atomic(path, text.encode("ascii"), mode=0o600)
+        _save(path, "issuer key", sign_seed=bytes(self.sign))
 
     @classmethod
     def load(cls, path: Path) -> "IssuerKey":
         values = _read_private_toml(path)
         return cls(sign=SigningKey(_hex_field(path, values, "sign_seed")))
+
+
+def _save(path: Path, what: str, **secrets: bytes) -> None:
+    lines = [f"# edge {what}: secret, keep mode 0600", f"format = {KEY_FILE_FORMAT}"]
+    lines += [f'{name} = "{value.hex()}"' for name, value in secrets.items()]
+    write_atomic(path, ("\n".join(lines) + "\n").encode("ascii"), mode=0o600)
 
 
 def _read_private_toml(path: Path) -> dict[str, object]:

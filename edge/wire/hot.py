@@ -21,28 +21,34 @@ from typing import NamedTuple
 
 from edge.wire.codes import MAGIC, PROTOCOL_VERSION, MsgType
 from edge.wire.errors import (
-    BadMagic,
     BuildError,
     CapExceeded,
     Malformed,
     Oversized,
     Truncated,
-    UnknownType,
-    UnsupportedVersion,
     WireError,
 )
 from edge.wire.messages import (
     BODIES,
     HEADER_SIZE,
-    KNOWN_FLAGS,
     MAX_BODY,
     MEDIA_FIXED,
     MEDIA_PAYLOAD_MAX,
     TRANSPORT_FIXED,
     Codec,
+    unpack_header,
 )
 
-_HEADER = struct.Struct(">2sBBHH")
+__all__ = [
+    "MediaFrame",
+    "pack_media",
+    "pack_transport",
+    "peek_type",
+    "unpack_header",
+    "unpack_media",
+    "unpack_transport",
+]
+
 _TRANSPORT = struct.Struct(">2sBBHHIQ")
 _MEDIA = struct.Struct(">2sBBHHBBBHI")
 
@@ -65,25 +71,6 @@ class MediaFrame(NamedTuple):
     sequence: int
     timestamp: int
     payload: bytes
-
-
-def unpack_header(data: bytes) -> tuple[MsgType, int, int]:
-    """Type, known flag bits and announced body length, from the first 8 bytes.
-
-    Checks magic, version and type only, not the body or whether ``length``
-    bytes follow: enough to route a message before parsing it.
-    """
-    if len(data) < HEADER_SIZE:
-        raise Truncated(f"{len(data)} bytes; a header needs {HEADER_SIZE}")
-    magic, version, type_value, flags, length = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise BadMagic(f"magic 0x{magic.hex()}, expected 0x{MAGIC.hex()}")
-    if version != PROTOCOL_VERSION:
-        raise UnsupportedVersion(version)
-    msg_type = _TYPES.get(type_value)
-    if msg_type is None:
-        raise UnknownType(type_value)
-    return msg_type, flags & KNOWN_FLAGS, length
 
 
 def peek_type(data: bytes) -> MsgType:

@@ -826,7 +826,14 @@ def decode(data: bytes) -> Message:
     return Message(msg_type, body, flags)
 
 
-def _read_header(data: bytes) -> tuple[MsgType, int]:
+def unpack_header(data: bytes) -> tuple[MsgType, int, int]:
+    """Type, known flag bits and announced body length, from the first 8 bytes.
+
+    Checks magic, version and type only, not the body or whether ``length``
+    bytes follow: enough to route a message before parsing it. Plain
+    ``struct``, as cheap as a header can be read; the per-packet paths in
+    :mod:`edge.wire.hot` use it too.
+    """
     if len(data) < HEADER_SIZE:
         raise Truncated(f"{len(data)} bytes; a header needs {HEADER_SIZE}")
     magic, version, type_value, flags, length = _HEADER.unpack_from(data)
@@ -837,8 +844,13 @@ def _read_header(data: bytes) -> tuple[MsgType, int]:
     msg_type = _TYPES.get(type_value)
     if msg_type is None:
         raise UnknownType(type_value)
+    return msg_type, flags & KNOWN_FLAGS, length
+
+
+def _read_header(data: bytes) -> tuple[MsgType, int]:
+    msg_type, flags, length = unpack_header(data)
     _check_length(msg_type, length, len(data) - HEADER_SIZE)
-    return msg_type, flags & KNOWN_FLAGS
+    return msg_type, flags
 
 
 def _check_length(msg_type: MsgType, length: int, present: int) -> None:
