@@ -282,6 +282,13 @@ class Deframer:
         """Bytes held waiting for the rest of a frame."""
         return len(self._tail)
 
+    @property
+    def announced(self) -> int:
+        """The size the next frame's header announces, or 0 before its header is in."""
+        if len(self._tail) < FRAME_HEADER:
+            return 0
+        return (self._tail[0] << 8) | self._tail[1]
+
     def feed(self, data: bytes) -> list[bytes]:
         """Every frame completed by ``data``, in order (possibly none)."""
         if self._dead:

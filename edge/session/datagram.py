@@ -29,14 +29,13 @@ and MEDIA_FRAME plaintexts too.
 
 import heapq
 import os
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
 
 from edge.crypto.cert import Certificate, TrustStore
-from edge.crypto.errors import ReplayError
 from edge.crypto.transport import DatagramTransport
 from edge.errors import RemoteError
 from edge.sansio import Address
@@ -54,7 +53,7 @@ from edge.session.events import (
     SessionEstablished,
     SessionFailed,
 )
-from edge.session.handshake import HandshakeDriver, Identity
+from edge.session.handshake import HandshakeDriver, Identity, ReplayGuard
 from edge.wire import hot
 from edge.wire.codes import PROTOCOL_VERSION, ErrorCode, MsgType, NoisePattern
 from edge.wire.errors import UnsupportedVersion
@@ -158,7 +157,7 @@ class DatagramEndpoint:
         self._timers: list[tuple[float, int]] = []
         self._out: deque[tuple[bytes, Address]] = deque()
         self._events: deque[object] = deque()
-        self._ik_seen: OrderedDict[bytes, int] = OrderedDict()
+        self._replay_guard = ReplayGuard(limits.ik_replay_memory)
 
     # -- the application's side -------------------------------------------------
 
@@ -312,11 +311,11 @@ class DatagramEndpoint:
             return
         self._check_room()
         pattern = NoisePattern(body.pattern)
-        driver = HandshakeDriver(self.identity, self.trust, pattern, initiator=False)
+        driver = HandshakeDriver(
+            self.identity, self.trust, pattern, initiator=False, replay_guard=self._replay_guard
+        )
         wall = now + self.wall_offset
         driver.read(bytes(body.noise), wall)
-        if pattern is NoisePattern.IK:
-            self._check_ik_replay(driver)
         session = _Session(
             index=self._new_index(),
             address=addr,
@@ -526,18 +525,6 @@ class DatagramEndpoint:
             raise Overloaded(f"{self._half_open} handshakes in progress; initiation dropped")
         if len(self._sessions) >= self.limits.max_sessions:
             raise Overloaded(f"session table full ({len(self._sessions)}); initiation dropped")
-
-    def _check_ik_replay(self, driver: HandshakeDriver) -> None:
-        # IK's first message can be replayed verbatim; its timestamp must grow.
-        remote = driver.state.remote_static
-        assert remote is not None
-        last = self._ik_seen.get(remote)
-        if last is not None and driver.peer_timestamp_ms <= last:
-            raise ReplayError("IK initiation replayed (timestamp not newer than the last one)")
-        self._ik_seen[remote] = driver.peer_timestamp_ms
-        self._ik_seen.move_to_end(remote)
-        while len(self._ik_seen) > self.limits.ik_replay_memory:
-            self._ik_seen.popitem(last=False)
 
     def _move(self, session: _Session, addr: Address) -> None:
         if session.remote_index:

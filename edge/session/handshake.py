@@ -16,10 +16,11 @@ Which payload carries what:
   middle cannot make the two sides disagree on either without failing.
 """
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from edge.crypto.cert import Certificate, TrustStore
-from edge.crypto.errors import HandshakeError
+from edge.crypto.errors import HandshakeError, ReplayError
 from edge.crypto.keys import DeviceKeys
 from edge.crypto.noise import HandshakeState
 from edge.session.errors import HandshakeRejected
@@ -33,6 +34,29 @@ class Identity:
 
     keys: DeviceKeys
     certificate: bytes
+
+
+class ReplayGuard:
+    """Refuses an IK first message seen before, across every session of a node.
+
+    IK's first message carries the initiator's identity and can be replayed
+    verbatim by anyone who saw it; its timestamp must be newer than the last
+    one accepted from the same static key. The memory is an LRU of bounded
+    size, shared by all sessions of a socket or a server.
+    """
+
+    def __init__(self, memory: int = 4096) -> None:
+        self._memory = memory
+        self._newest: OrderedDict[bytes, int] = OrderedDict()
+
+    def check(self, remote_static: bytes, timestamp_ms: int) -> None:
+        last = self._newest.get(remote_static)
+        if last is not None and timestamp_ms <= last:
+            raise ReplayError("IK initiation replayed (timestamp not newer than the last one)")
+        self._newest[remote_static] = timestamp_ms
+        self._newest.move_to_end(remote_static)
+        while len(self._newest) > self._memory:
+            self._newest.popitem(last=False)
 
 
 def prologue(pattern: NoisePattern) -> bytes:
@@ -51,8 +75,10 @@ class HandshakeDriver:
         initiator: bool,
         remote_static: bytes | None = None,
         expect_user: str | None = None,
+        replay_guard: ReplayGuard | None = None,
     ) -> None:
         self.pattern = pattern
+        self._replay_guard = replay_guard
         self.initiator = initiator
         self._identity = identity
         self._trust = trust
@@ -102,10 +128,18 @@ class HandshakeDriver:
         """Take the peer's handshake message; verify any certificate it carries."""
         payload = parse_handshake_payload(self._hs.read_message(message))
         self.peer_timestamp_ms = payload.timestamp_ms
+        self._guard_replay(payload.timestamp_ms)
         if payload.certificate:
             self._accept_certificate(bytes(payload.certificate), wall)
         if self._hs.is_finished:
             self._require_peer()
+
+    def _guard_replay(self, timestamp_ms: int) -> None:
+        if self._replay_guard is None or self.initiator or self.pattern is not NoisePattern.IK:
+            return
+        remote = self._hs.remote_static
+        assert remote is not None, "IK message 1 carries the initiator's static key"
+        self._replay_guard.check(remote, timestamp_ms)
 
     def _payload_is_encrypted(self) -> bool:
         # Only XX's first message goes out before any DH has keyed the cipher.

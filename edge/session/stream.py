@@ -16,18 +16,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge.crypto.cert import Certificate, TrustStore
+from edge.crypto.errors import FrameError
 from edge.crypto.transport import Deframer, StreamTransport, frame
 from edge.errors import EdgeError
 from edge.sansio import Address
 from edge.session.cookie import NO_COOKIE
-from edge.session.errors import HandshakeTimeout, NotAllowedHere, SessionUnusable
+from edge.session.datagram import SESSION_TYPES
+from edge.session.errors import HandshakeTimeout, NotAllowedHere, Overloaded, SessionUnusable
 from edge.session.events import MessageReceived, SessionEstablished, SessionFailed
-from edge.session.handshake import HandshakeDriver, Identity
+from edge.session.handshake import HandshakeDriver, Identity, ReplayGuard
 from edge.wire.codes import ErrorCode, MsgType, NoisePattern
-from edge.wire.messages import decode, encode
+from edge.wire.messages import BODY_CAPS, HEADER_SIZE, decode, encode
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_QUEUED_EVENTS = 1024
+MAX_UNSENT = 1 << 20
+"""Bytes of sealed output the adapter has not taken yet; past it ``send`` refuses."""
+MAX_HANDSHAKE_FRAME = HEADER_SIZE + BODY_CAPS[MsgType.HANDSHAKE_INIT]
+"""No handshake message is larger: a bigger frame before the handshake ends is refused
+as soon as its 2-byte length arrives, so an unauthenticated peer cannot make us hold more."""
 _EXPECTED = {
     # (initiator?, messages read so far) -> the type the peer must send next
     (False, 0): MsgType.HANDSHAKE_INIT,
@@ -48,8 +55,12 @@ class StreamSession:
         wall_offset: float = 0.0,
         remote_static: bytes | None = None,
         expect_user: str | None = None,
+        replay_guard: ReplayGuard | None = None,
     ) -> None:
+        """``replay_guard``: a server passes one guard to all its connections, so
+        an IK first message replayed on a new connection is refused too."""
         self.initiator = initiator
+        self._replay_guard = replay_guard or ReplayGuard()
         self.wall_offset = wall_offset
         self.address: Address = ("", 0)
         self.closed = False
@@ -78,11 +89,19 @@ class StreamSession:
     def connection_lost(self) -> None:
         self._close(ErrorCode.UNAVAILABLE, "connection closed")
 
+    def close(self) -> None:
+        """Our side ends the session: no failure event; the adapter closes the socket."""
+        self.closed = True
+
     # -- application side --------------------------------------------------------------
 
     def send(self, msg_type: MsgType, body: Mapping[str, Any], *, flags: int = 0) -> None:
         if self._transport is None or self.closed:
             raise SessionUnusable("stream session is not established")
+        if msg_type in SESSION_TYPES:
+            raise SessionUnusable(f"{msg_type.name} is the session layer's own message")
+        if len(self._out) > MAX_UNSENT:
+            raise SessionUnusable(f"more than {MAX_UNSENT} bytes wait to be sent; slow down")
         self._out += self._transport.seal_frame(encode(msg_type, body, flags))
 
     # -- adapter side ------------------------------------------------------------------
@@ -98,6 +117,8 @@ class StreamSession:
                     self._on_handshake(raw, now)
                 else:
                     self._deliver(self._transport.open_frame(raw))
+            if self._transport is None:
+                self._check_handshake_frame()
         except EdgeError as exc:
             self._close(exc.code, str(exc))
             raise
@@ -121,6 +142,14 @@ class StreamSession:
 
     # -- handshake ---------------------------------------------------------------------
 
+    def _check_handshake_frame(self) -> None:
+        size = max(self._deframer.announced, self._deframer.pending - 2)
+        if size > MAX_HANDSHAKE_FRAME:
+            raise FrameError(
+                f"{self.address}: frame of {size} bytes during the handshake "
+                f"(handshake messages are at most {MAX_HANDSHAKE_FRAME})"
+            )
+
     def _on_handshake(self, raw: bytes, now: float) -> None:
         message = decode(raw)
         expected = _EXPECTED.get((self.initiator, self._read_count))
@@ -133,7 +162,8 @@ class StreamSession:
         if message.type is MsgType.HANDSHAKE_INIT:
             self._driver = self._new_driver(NoisePattern(message.body.pattern), None)
         driver = self._driver
-        assert driver is not None
+        if driver is None:
+            raise NotAllowedHere(f"{message.type.name} from {self.address} before we began")
         driver.read(bytes(message.body.noise), now + self.wall_offset)
         if not driver.is_finished:
             reply = (
@@ -172,6 +202,7 @@ class StreamSession:
             initiator=self.initiator,
             remote_static=remote_static,
             expect_user=self._expect_user,
+            replay_guard=self._replay_guard,
         )
 
     def _establish(self, driver: HandshakeDriver) -> None:
@@ -186,8 +217,13 @@ class StreamSession:
 
     def _deliver(self, plaintext: bytes) -> None:
         message = decode(plaintext)
+        if message.type in SESSION_TYPES:
+            raise NotAllowedHere(f"{message.type.name} inside the session with {self.address}")
         if len(self._events) >= MAX_QUEUED_EVENTS:
-            raise SessionUnusable("event queue full: the application stopped reading")
+            raise Overloaded(
+                f"{self.address} sent more than {MAX_QUEUED_EVENTS} messages "
+                "before the application read them"
+            )
         self._events.append(MessageReceived(0, message))
 
     def _close(self, code: ErrorCode, reason: str) -> None:
