@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 fuzz: $(STAMP)
-	EDGE_FUZZ_EXAMPLES=200000 $(BIN)/pytest -q -m fuzz tests
+	EDGE_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -m fuzz tests
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
