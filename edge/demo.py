@@ -249,9 +249,10 @@ async def _call(peer: _Peer, adapter: Any, target: str, text: str) -> None:
 
 def _say_established(up: SessionEstablished, took: float | None = None) -> None:
     timing = f" in {took * 1000:.1f} ms" if took is not None else ""
+    peer = up.certified_peer
     print(
-        f"handshake complete{timing}: peer is {up.peer.user_id}/{up.peer.device_id} at "
-        f"{up.address[0]}:{up.address[1]}, certificate serial {up.peer.serial} verified "
-        f"(issuer {up.peer.issuer_key_id.hex()}, key bound to the Noise static key)",
+        f"handshake complete{timing}: peer is {peer.user_id}/{peer.device_id} at "
+        f"{up.address[0]}:{up.address[1]}, certificate serial {peer.serial} verified "
+        f"(issuer {peer.issuer_key_id.hex()}, key bound to the Noise static key)",
         flush=True,
     )

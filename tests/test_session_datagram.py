@@ -62,8 +62,8 @@ def test_xx_handshake_then_messages_both_ways(issuer: IssuerKey) -> None:
     index = alice.connect(B, 0.0, expect_user="bob")
     net.deliver(0.0)
     a_up, b_up = established(alice), established(bob)
-    assert (a_up.index, a_up.peer.user_id, a_up.initiator) == (index, "bob", True)
-    assert (b_up.peer.user_id, b_up.address, b_up.initiator) == ("alice", A, False)
+    assert (a_up.index, a_up.certified_peer.user_id, a_up.initiator) == (index, "bob", True)
+    assert (b_up.certified_peer.user_id, b_up.address, b_up.initiator) == ("alice", A, False)
     alice.send(index, MsgType.INSTANT_MESSAGE, message("hello"))
     net.deliver(0.1)
     got = events(bob)
@@ -82,8 +82,8 @@ def test_ik_handshake_takes_one_round_trip(issuer: IssuerKey) -> None:
     alice, bob, net = pair(issuer)
     index = alice.connect(B, 0.0, remote_static=bob.identity.keys.dh_public)
     net.deliver(0.0)
-    assert established(alice).peer.user_id == "bob"
-    assert established(bob).peer.user_id == "alice"
+    assert established(alice).certified_peer.user_id == "bob"
+    assert established(bob).certified_peer.user_id == "alice"
     # INIT and RESP only: two datagrams.
     assert net.delivered == 2
     alice.send_media(

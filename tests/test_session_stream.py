@@ -162,8 +162,9 @@ def test_handshake_and_messages_both_ways(world: World, pattern: NoisePattern) -
     pump(alice, bob)
 
     a_up, b_up = established(drain(alice)), established(drain(bob))
-    assert (a_up.index, a_up.address, a_up.peer.user_id, a_up.initiator) == (0, B, "bob", True)
-    assert (b_up.index, b_up.address, b_up.peer.user_id, b_up.initiator) == (0, A, "alice", False)
+    a_peer, b_peer = a_up.certified_peer.user_id, b_up.certified_peer.user_id
+    assert (a_up.index, a_up.address, a_peer, a_up.initiator) == (0, B, "bob", True)
+    assert (b_up.index, b_up.address, b_peer, b_up.initiator) == (0, A, "alice", False)
     assert alice.peer == a_up.peer and bob.peer == b_up.peer
     assert alice.get_timer() is None and bob.get_timer() is None
 
@@ -543,9 +544,9 @@ def test_tcp_handshake_and_messages_over_uvloop() -> None:
         )
         client = await within(open_stream_client(core, "127.0.0.1", port, client_log))
 
-        assert (await client_log.nth(SessionEstablished)).peer.user_id == "bob"
+        assert (await client_log.nth(SessionEstablished)).certified_peer.user_id == "bob"
         server_up = await server_log.nth(SessionEstablished)
-        assert server_up.peer.user_id == "alice"
+        assert server_up.certified_peer.user_id == "alice"
         assert server_up.address == client.local_address
 
         core.send(MsgType.INSTANT_MESSAGE, chat("ping", 1))
@@ -581,9 +582,9 @@ def test_udp_handshake_garbage_is_counted_and_the_session_survives() -> None:
 
         index = alice_ep.connect(bob.local_address, loop.time(), expect_user="bob")
         alice.poke()
-        assert (await alice_log.nth(SessionEstablished)).peer.user_id == "bob"
+        assert (await alice_log.nth(SessionEstablished)).certified_peer.user_id == "bob"
         b_up = await bob_log.nth(SessionEstablished)
-        assert b_up.peer.user_id == "alice" and b_up.address == alice.local_address
+        assert b_up.certified_peer.user_id == "alice" and b_up.address == alice.local_address
 
         alice_ep.send(index, MsgType.INSTANT_MESSAGE, chat("over udp", 1))
         alice.poke()

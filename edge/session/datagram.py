@@ -476,8 +476,17 @@ class DatagramEndpoint:
 
     def _establish(self, session: _Session) -> None:
         driver = self._driver(session)
-        assert driver.peer is not None
-        session.transport = DatagramTransport.from_handshake(driver.state)
+        hs = driver.state
+        assert driver.peer is not None and hs.remote_static is not None
+        event = SessionEstablished(
+            session.index,
+            session.address,
+            driver.peer,
+            session.initiator,
+            hs.remote_static,
+            hs.handshake_hash,
+        )
+        session.transport = DatagramTransport.from_handshake(hs)
         session.peer = driver.peer
         session.driver = None
         session.state = State.ESTABLISHED
@@ -485,9 +494,7 @@ class DatagramEndpoint:
         session.repeat_at = None
         session.repeats = 0
         self.stats["sessions_established"] += 1
-        self._event(
-            SessionEstablished(session.index, session.address, driver.peer, session.initiator)
-        )
+        self._event(event)
 
     def _fail(self, session: _Session, code: ErrorCode, reason: str) -> None:
         self.close(session.index)

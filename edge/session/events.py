@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from edge.crypto.cert import Certificate
 from edge.sansio import Address
+from edge.session.errors import SessionUnusable
 from edge.wire.codes import ErrorCode
 from edge.wire.messages import Message
 
@@ -14,8 +15,20 @@ class SessionEstablished:
 
     index: int
     address: Address
-    peer: Certificate
+    peer: Certificate | None
+    """None only where the session allowed a peer without a certificate."""
     initiator: bool
+    remote_static: bytes = b""
+    """The peer's Noise static key, proved by the handshake."""
+    handshake_hash: bytes = b""
+    """Noise's h at the end of the handshake: binds signatures to this session."""
+
+    @property
+    def certified_peer(self) -> Certificate:
+        """The peer's certificate, where the session required one."""
+        if self.peer is None:
+            raise SessionUnusable("this session's peer presented no certificate")
+        return self.peer
 
 
 @dataclass(frozen=True)

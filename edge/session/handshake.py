@@ -76,8 +76,16 @@ class HandshakeDriver:
         remote_static: bytes | None = None,
         expect_user: str | None = None,
         replay_guard: ReplayGuard | None = None,
+        require_certificate: bool = True,
+        pinned_static: bytes | None = None,
     ) -> None:
+        """``require_certificate=False`` lets a peer without a certificate in (the login
+        server's enrolling devices: the application authenticates them inside the
+        session). ``pinned_static``: the peer's Noise static key must be exactly this
+        (a device pins its login server's key)."""
         self.pattern = pattern
+        self._require_certificate = require_certificate
+        self._pinned_static = pinned_static
         self._replay_guard = replay_guard
         self.initiator = initiator
         self._identity = identity
@@ -109,7 +117,11 @@ class HandshakeDriver:
 
     def write(self, wall: float) -> bytes:
         """Our next handshake message, with our certificate when it can be hidden."""
-        carry = not self._sent_certificate and self._payload_is_encrypted()
+        carry = (
+            bool(self._identity.certificate)
+            and not self._sent_certificate
+            and self._payload_is_encrypted()
+        )
         payload = build_handshake_payload(
             {
                 "certificate": self._identity.certificate if carry else b"",
@@ -127,12 +139,21 @@ class HandshakeDriver:
     def read(self, message: bytes, wall: float) -> None:
         """Take the peer's handshake message; verify any certificate it carries."""
         payload = parse_handshake_payload(self._hs.read_message(message))
+        self._check_pinned()
         self.peer_timestamp_ms = payload.timestamp_ms
         self._guard_replay(payload.timestamp_ms)
         if payload.certificate:
             self._accept_certificate(bytes(payload.certificate), wall)
         if self._hs.is_finished:
             self._require_peer()
+
+    def _check_pinned(self) -> None:
+        remote = self._hs.remote_static
+        if self._pinned_static is not None and remote is not None and remote != self._pinned_static:
+            raise HandshakeRejected(
+                f"peer's Noise key {remote.hex()[:16]}... is not the pinned "
+                f"{self._pinned_static.hex()[:16]}..."
+            )
 
     def _guard_replay(self, timestamp_ms: int) -> None:
         if self._replay_guard is None or self.initiator or self.pattern is not NoisePattern.IK:
@@ -156,5 +177,5 @@ class HandshakeDriver:
         self.peer = self._trust.verify(raw, wall, dh_key=remote, user_id=self._expect_user)
 
     def _require_peer(self) -> None:
-        if self.peer is None:
+        if self.peer is None and self._require_certificate and self._pinned_static is None:
             raise HandshakeRejected("handshake finished without the peer's certificate")

@@ -56,9 +56,17 @@ class StreamSession:
         remote_static: bytes | None = None,
         expect_user: str | None = None,
         replay_guard: ReplayGuard | None = None,
+        require_certificate: bool = True,
+        pinned_static: bytes | None = None,
     ) -> None:
         """``replay_guard``: a server passes one guard to all its connections, so
-        an IK first message replayed on a new connection is refused too."""
+        an IK first message replayed on a new connection is refused too.
+        ``require_certificate`` and ``pinned_static``: see
+        :class:`~edge.session.handshake.HandshakeDriver`."""
+        self._require_certificate = require_certificate
+        self._pinned_static = pinned_static
+        self.handshake_hash = b""
+        self.remote_static = b""
         self.initiator = initiator
         self._replay_guard = replay_guard or ReplayGuard()
         self.wall_offset = wall_offset
@@ -203,17 +211,27 @@ class StreamSession:
             remote_static=remote_static,
             expect_user=self._expect_user,
             replay_guard=self._replay_guard,
+            require_certificate=self._require_certificate,
+            pinned_static=self._pinned_static,
         )
 
     def _establish(self, driver: HandshakeDriver) -> None:
         if self._transport is not None:
             return
-        assert driver.peer is not None
-        self._transport = StreamTransport.from_handshake(driver.state)
+        hs = driver.state
+        remote = hs.remote_static
+        assert remote is not None, "XX and IK both prove the peer's static key"
+        self.handshake_hash = hs.handshake_hash
+        self._transport = StreamTransport.from_handshake(hs)
         self.peer = driver.peer
+        self.remote_static = remote
         self._driver = None
         self._deadline = None
-        self._events.append(SessionEstablished(0, self.address, driver.peer, self.initiator))
+        self._events.append(
+            SessionEstablished(
+                0, self.address, driver.peer, self.initiator, remote, self.handshake_hash
+            )
+        )
 
     def _deliver(self, plaintext: bytes) -> None:
         message = decode(plaintext)
