@@ -18,9 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from edge import demo, keytool
+    from edge.login import cli as login_cli
 
     demo.add_parser(commands)
     keytool.add_parser(commands)
+    login_cli.add_parser(commands)
     return parser
 
 

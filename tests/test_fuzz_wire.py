@@ -27,15 +27,20 @@ from edge.wire.messages import (
     Certificate,
     HandshakePayload,
     PresenceRecord,
+    SerialSet,
+    SignedRevocationList,
     build_certificate,
     build_handshake_payload,
     build_presence_record,
+    build_signed_revocation_list,
     decode,
     encode,
     parse_certificate,
     parse_certificate_tbs,
     parse_handshake_payload,
     parse_presence_record,
+    parse_revocation_list,
+    parse_signed_revocation_list,
 )
 
 FUZZ = settings(
@@ -54,6 +59,8 @@ PARSERS: tuple[Callable[[bytes], object], ...] = (
     parse_certificate_tbs,
     parse_presence_record,
     parse_handshake_payload,
+    parse_revocation_list,
+    parse_signed_revocation_list,
 )
 
 
@@ -70,6 +77,8 @@ def values(con: Any) -> st.SearchStrategy[Any]:
         return st.binary(max_size=24)
     if isinstance(con, fields.Array):
         return st.lists(values(con.subcon), max_size=2)
+    if isinstance(con, SerialSet):
+        return st.lists(st.integers(0, (1 << 64) - 1), max_size=3, unique=True).map(sorted)
     if isinstance(con, fields.EnumField):
         return st.sampled_from(list(con.enum_type))
     if isinstance(con, fields.Bounded):
@@ -166,6 +175,7 @@ def test_mutated_messages(data: bytes) -> None:
         mutations(values(Certificate).map(build_certificate)),
         mutations(values(PresenceRecord).map(build_presence_record)),
         mutations(values(HandshakePayload).map(build_handshake_payload)),
+        mutations(values(SignedRevocationList).map(build_signed_revocation_list)),
     )
 )
 def test_mutated_shared_structures(data: bytes) -> None:

@@ -31,17 +31,23 @@ from edge.wire.messages import (
     BODIES,
     BODY_CAPS,
     MAX_BODY,
+    MAX_MESSAGE,
+    REVOKED_SERIALS_MAX,
     BuddyOp,
     Codec,
     Frame,
     HeaderFlag,
+    SerialSet,
     build_certificate_tbs,
+    build_revocation_list,
     decode,
     encode,
     parse_certificate,
     parse_certificate_tbs,
     parse_handshake_payload,
     parse_presence_record,
+    parse_revocation_list,
+    parse_signed_revocation_list,
 )
 
 ROUND_TRIP = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -76,6 +82,11 @@ def _address(optional: bool) -> st.SearchStrategy[tuple[str, int] | None]:
     return st.one_of(st.none(), pairs) if optional else pairs
 
 
+def _serials(con: SerialSet) -> st.SearchStrategy[list[int]]:
+    drawn = st.lists(st.integers(0, (1 << 64) - 1), max_size=8, unique=True).map(sorted)
+    return st.one_of(drawn, st.just(list(range(con.max_items))))
+
+
 def _enum(con: fields.EnumField) -> st.SearchStrategy[int]:
     members: st.SearchStrategy[int] = st.sampled_from(list(con.enum_type))
     if con.accept_unknown:
@@ -96,6 +107,8 @@ def values(con: Any) -> st.SearchStrategy[Any]:
         return _bytes_up_to(con.max_bytes)
     if isinstance(con, fields.Array):
         return st.lists(values(con.subcon), max_size=min(con.max_items, 3))
+    if isinstance(con, SerialSet):
+        return _serials(con)
     if isinstance(con, fields.EnumField):
         return _enum(con)
     if isinstance(con, fields.Bounded):
@@ -137,6 +150,8 @@ def largest(con: Any) -> Any:
         return bytes(con.max_bytes)
     if isinstance(con, fields.Array):
         return [largest(con.subcon)] * con.max_items
+    if isinstance(con, SerialSet):
+        return list(range(con.max_items))
     if isinstance(con, fields.AddressAdapter):
         return ("2001:db8::1", 1)
     return smallest(con)
@@ -151,7 +166,7 @@ def smallest(con: Any) -> Any:
         return ""
     if isinstance(con, fields.Blob | fields.Rest):
         return b""
-    if isinstance(con, fields.Array):
+    if isinstance(con, fields.Array | SerialSet):
         return []
     if isinstance(con, fields.EnumField):
         return next(iter(con.enum_type))
@@ -201,6 +216,14 @@ def test_every_message_fits_inside_a_transport() -> None:
     aead_tag = 16  # ChaCha20-Poly1305
     largest_inner = max(8 + cap for t, cap in BODY_CAPS.items() if t is not MsgType.TRANSPORT)
     assert largest_inner + aead_tag <= BODY_CAPS[MsgType.TRANSPORT] - 12
+
+
+def test_a_full_revocation_list_fits_one_message() -> None:
+    body = largest(BODIES[MsgType.REVOCATION_LIST])
+    assert len(body["revocations"]["serials"]) == REVOKED_SERIALS_MAX
+    encoded = encode(MsgType.REVOCATION_LIST, body)
+    assert len(encoded) == 8 + 32 + 2 + 8 * REVOKED_SERIALS_MAX + 64 <= MAX_MESSAGE
+    assert decode(encoded).body == body
 
 
 def test_frame_declaration_agrees_with_decode() -> None:
@@ -570,3 +593,78 @@ def test_codec_list_keeps_order() -> None:
         "pwd": "",
     }
     assert decode(encode(MsgType.CALL_INVITE, body)).body["codecs"] == [Codec.PCMA, Codec.OPUS]
+
+
+# ---------------------------------------------------------------- revocation serials
+
+REVOCATIONS = {
+    "issuer_key_id": bytes(8),
+    "version": 1,
+    "issued_at": 0,
+    "next_update": 1,
+    "serials": [1, 2, 3],
+}
+_LIST_HEAD = bytes(8) + struct.pack(">QQQ", 1, 0, 1)
+
+
+def _serial_bytes(*serials: int) -> bytes:
+    return struct.pack(f">H{len(serials)}Q", len(serials), *serials)
+
+
+@pytest.mark.parametrize(
+    ("serials", "match"),
+    [
+        ((2, 1), r"serials\[1\]: 1 after 2"),
+        ((1, 5, 5), r"serials\[2\]: 5 after 5"),
+        ((0, 0), r"serials\[1\]: 0 after 0"),
+    ],
+)
+def test_unsorted_or_repeated_serials_are_malformed(serials: tuple[int, ...], match: str) -> None:
+    with pytest.raises(Malformed, match=match):
+        parse_revocation_list(_LIST_HEAD + _serial_bytes(*serials))
+
+
+def test_serial_count_over_cap_is_oversized_before_the_serials_are_read() -> None:
+    # The count alone is enough: the 4097 serials it announces are not there.
+    data = _LIST_HEAD + struct.pack(">H", REVOKED_SERIALS_MAX + 1)
+    with pytest.raises(Oversized, match="serials: 4097 items, cap 4096"):
+        parse_revocation_list(data)
+
+
+def test_serials_cut_short_are_malformed() -> None:
+    data = _LIST_HEAD + _serial_bytes(1, 2)[:-3]
+    with pytest.raises(Malformed, match="serials: body ends 3 bytes short"):
+        parse_revocation_list(data)
+
+
+def test_serials_parse_to_the_increasing_list() -> None:
+    top = (1 << 64) - 1
+    parsed = parse_revocation_list(_LIST_HEAD + _serial_bytes(0, 7, top))
+    assert parsed["serials"] == [0, 7, top]
+
+
+@pytest.mark.parametrize(
+    ("serials", "error", "match"),
+    [
+        ([3, 1, 2], BuildError, r"serials\[1\]: 1 after 3"),
+        ([1, 1], BuildError, r"serials\[1\]: 1 after 1"),
+        ([1, -1], BuildError, r"serials\[1\]: -1 is not a u64"),
+        ([1 << 64], BuildError, r"serials\[0\]"),
+        ([True], BuildError, r"serials\[0\]"),
+        ({1, 2}, BuildError, "expected a list"),
+        (list(range(REVOKED_SERIALS_MAX + 1)), CapExceeded, "4097 items, cap 4096"),
+    ],
+)
+def test_bad_serials_on_build(serials: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        build_revocation_list({**REVOCATIONS, "serials": serials})
+
+
+def test_revocation_wrappers_refuse_garbage_with_our_errors() -> None:
+    for parse in (parse_revocation_list, parse_signed_revocation_list):
+        with pytest.raises(WireError):
+            parse(b"\x01\x02\x03")
+        with pytest.raises(Oversized):
+            parse(bytes(40000))
+    with pytest.raises(Malformed, match="64 bytes left over"):
+        parse_revocation_list(build_revocation_list(REVOCATIONS) + bytes(64))

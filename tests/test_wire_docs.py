@@ -55,7 +55,7 @@ def test_document_covers_every_type_structure_and_enum() -> None:
         assert f"### 0x{msg_type:02x} {msg_type.name}\n" in text
     for structure in STRUCTURES:
         assert f"### {structure.name}\n" in text
-    for heading in ("### Address", "### ErrorCode", "### Codec", "### BuddyState"):
+    for heading in ("### Address", "### ErrorCode", "### Codec", "### BuddyState", "### MailKind"):
         assert f"{heading}\n" in text
     assert "| 0 | 2 | `magic` |" in text
     assert "| 6 | 2 | `length` |" in text

@@ -18,17 +18,22 @@ from edge.wire.messages import (
     CandidateKind,
     Codec,
     HeaderFlag,
+    MailKind,
     PathKind,
     ReceiptStatus,
     Transport,
     build_certificate,
     build_handshake_payload,
     build_presence_record,
+    build_revocation_list,
+    build_signed_revocation_list,
     decode,
     encode,
     parse_certificate,
     parse_handshake_payload,
     parse_presence_record,
+    parse_revocation_list,
+    parse_signed_revocation_list,
 )
 
 
@@ -131,6 +136,26 @@ RECORD_HEX = h(
 )  # 4 + 2 + 7 + 19 + 8 + 8 = 48 bytes
 SIGNED_RECORD_HEX = RECORD_HEX + "88" * 64  # 112 bytes
 
+REVOCATIONS = {
+    "issuer_key_id": bytes.fromhex("0807060504030201"),
+    "version": 3,
+    "issued_at": 0x65000000,
+    "next_update": 0x65015180,  # a day later: 0x65000000 + 86400
+    "serials": [5, 0x0102030405060708],
+}
+REVOCATIONS_HEX = h(
+    "0807060504030201",  # issuer_key_id
+    "0000000000000003",  # version
+    "0000000065000000",  # issued_at
+    "0000000065015180",  # next_update
+    "0002",  # two serials, u16 count
+    "0000000000000005",
+    "0102030405060708",
+)  # 8 + 8 + 8 + 8 + 2 + 16 = 50 bytes
+SIGNED_REVOCATIONS_HEX = REVOCATIONS_HEX + "99" * 64  # 114 bytes
+
+TURN_URI = "turn:198.18.0.20:3478?transport=udp"  # RFC 7065, 35 bytes
+
 IM_TEXT = "h\u00e9llo \u2713"  # h, e-acute (c3 a9), llo, space, check mark (e2 9c 93)
 
 # type: (body, flags, expected hex)
@@ -208,6 +233,53 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
         0,
         h("ed9e 01 15 0000 00a8", "00a6", CERTIFICATE_HEX),  # 2 + 166 = 168
     ),
+    MsgType.LOGIN_REGISTER: (
+        {"password": "s3cret"},
+        0,
+        h("ed9e 01 16 0000 0008", "0006 733363726574"),  # u16 prefix: cap 256
+    ),
+    MsgType.REVOCATION_FETCH: (
+        {"known_version": 7},
+        0,
+        h("ed9e 01 17 0000 0008", "0000000000000007"),
+    ),
+    MsgType.REVOCATION_LIST: (
+        {"revocations": REVOCATIONS, "signature": b"\x99" * 64},
+        0,
+        h("ed9e 01 18 0000 0072", SIGNED_REVOCATIONS_HEX),  # 114
+    ),
+    MsgType.RELAY_REQUEST: (
+        {"ttl": 3600},
+        0,
+        h("ed9e 01 19 0000 0004", "00000e10"),
+    ),
+    MsgType.RELAY_CREDENTIALS: (
+        {
+            "username": "1700000000:alice",
+            "password": "cGFzcw==",
+            "expires": 1700000000,
+            "uris": [TURN_URI],
+        },
+        0,
+        h(
+            "ed9e 01 1a 0000 0047",  # 17 + 9 + 8 + 1 + 36 = 71
+            "10 31373030303030303030 3a 616c696365",  # "1700000000" ":" "alice"
+            "08 6347467a63773d3d",  # "cGFzcw=="
+            "000000006553f100",  # 1700000000
+            "01",  # one uri
+            "23 7475726e3a 3139382e31382e302e3230 3a33343738 3f7472616e73706f72743d756470",
+        ),
+    ),
+    MsgType.DEVICE_KEYS_REQUEST: (
+        {"user_id": "bob"},
+        0,
+        h("ed9e 01 1b 0000 0004", "03 626f62"),
+    ),
+    MsgType.DEVICE_KEYS: (
+        {"user_id": "bob", "certificates": [bytes.fromhex(CERTIFICATE_HEX)]},
+        0,
+        h("ed9e 01 1c 0000 00ad", "03 626f62", "01", "00a6", CERTIFICATE_HEX),  # 4+1+2+166
+    ),
     MsgType.PRESENCE_PUBLISH: (
         {"record": RECORD, "signature": b"\x88" * 64},
         0,
@@ -259,15 +331,24 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
         {
             "version": 5,
             "full": True,
-            "entries": [{"user_id": "bob", "state": BuddyState.ACCEPTED, "display_name": "Bob"}],
+            "more": False,
+            "entries": [
+                {
+                    "user_id": "bob",
+                    "state": BuddyState.ACCEPTED,
+                    "display_name": "Bob",
+                    "note": "hi",
+                }
+            ],
         },
         0,
         h(
-            "ed9e 01 32 0000 0013",  # 8 + 1 + 1 + 9 = 19
+            "ed9e 01 32 0000 0017",  # 8 + 1 + 1 + 1 + 12 = 23
             "0000000000000005",
             "01",  # full
+            "00",  # no more messages follow
             "01",  # one entry
-            "03 626f62 03 03 426f62",
+            "03 626f62 03 03 426f62 02 6869",
         ),
     ),
     MsgType.CALL_INVITE: (
@@ -399,6 +480,63 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
         0,
         h("ed9e 01 61 0000 000d", "cafebabe", "0000000000001000", "01"),
     ),
+    MsgType.MAILBOX_PUT: (
+        {
+            "recipient": "bob",
+            "recipient_device": "desk1",
+            "message_id": b"\xab" * 16,
+            "kind": MailKind.VOICEMAIL,
+            "sealed": b"\x01\x02\x03",
+        },
+        0,
+        h(
+            "ed9e 01 70 0000 0020",  # 4 + 6 + 16 + 1 + 5 = 32
+            "03 626f62",
+            "05 6465736b31",
+            "ab" * 16,
+            "02",  # VOICEMAIL
+            "0003 010203",  # u16 prefix, as every blob
+        ),
+    ),
+    MsgType.MAILBOX_STORED: (
+        {"message_id": b"\xab" * 16, "item_id": 0x1122334455667788},
+        0,
+        h("ed9e 01 71 0000 0018", "ab" * 16, "1122334455667788"),
+    ),
+    MsgType.MAILBOX_FETCH: (
+        {"max_items": 10},
+        0,
+        h("ed9e 01 72 0000 0001", "0a"),
+    ),
+    MsgType.MAILBOX_ITEM: (
+        {
+            "item_id": 9,
+            "sender": "alice",
+            "sender_device": "desk1",
+            "message_id": b"\xab" * 16,
+            "kind": MailKind.MESSAGE,
+            "sealed": b"",
+            "stored_ms": 0x0123456789ABCDEF,
+            "remaining": 2,
+        },
+        0,
+        h(
+            "ed9e 01 73 0000 0033",  # 8 + 6 + 6 + 16 + 1 + 2 + 8 + 4 = 51
+            "0000000000000009",
+            "05 616c696365",
+            "05 6465736b31",
+            "ab" * 16,
+            "01",  # MESSAGE
+            "0000",  # empty blob
+            "0123456789abcdef",
+            "00000002",
+        ),
+    ),
+    MsgType.MAILBOX_ACK: (
+        {"item_ids": [9, 10]},
+        0,
+        h("ed9e 01 74 0000 0011", "02", "0000000000000009", "000000000000000a"),
+    ),
     MsgType.ERROR: (
         {"code": ErrorCode.UNKNOWN_TYPE, "about_type": 0x99, "detail": ""},
         0,
@@ -460,6 +598,22 @@ def test_candidate_by_struct_pack() -> None:
     assert candidate.hex() == HOST_CANDIDATE_HEX
 
 
+def test_revocation_list_by_struct_pack() -> None:
+    head = struct.pack(">8sQQQ", bytes.fromhex("0807060504030201"), 3, 0x65000000, 0x65015180)
+    serials = struct.pack(">H2Q", 2, 5, 0x0102030405060708)
+    body = head + serials + b"\x99" * 64
+    assert encode(MsgType.REVOCATION_LIST, GOLDEN[MsgType.REVOCATION_LIST][0])[8:] == body
+
+
+def test_mailbox_item_by_struct_pack() -> None:
+    body = (
+        struct.pack(">Q", 9)
+        + b"\x05alice\x05desk1"
+        + struct.pack(">16sBHQI", b"\xab" * 16, 1, 0, 0x0123456789ABCDEF, 2)
+    )
+    assert encode(MsgType.MAILBOX_ITEM, GOLDEN[MsgType.MAILBOX_ITEM][0])[8:] == body
+
+
 def test_instant_message_text_is_utf8_with_a_u16_prefix() -> None:
     raw = IM_TEXT.encode("utf-8")
     expected_tail = struct.pack(">H", len(raw)) + raw
@@ -491,3 +645,18 @@ def test_handshake_payload_golden() -> None:
     expected = h("00a6", CERTIFICATE_HEX, "0123456789abcdef", "00000000")
     assert build_handshake_payload(payload).hex() == expected
     assert parse_handshake_payload(bytes.fromhex(expected)) == payload
+
+
+def test_revocation_list_golden() -> None:
+    assert build_revocation_list(REVOCATIONS).hex() == REVOCATIONS_HEX
+    parsed = parse_revocation_list(bytes.fromhex(REVOCATIONS_HEX))
+    assert parsed == REVOCATIONS
+    assert build_revocation_list(parsed).hex() == REVOCATIONS_HEX
+
+
+def test_signed_revocation_list_golden() -> None:
+    signed = {"revocations": REVOCATIONS, "signature": b"\x99" * 64}
+    assert build_signed_revocation_list(signed).hex() == SIGNED_REVOCATIONS_HEX
+    parsed = parse_signed_revocation_list(bytes.fromhex(SIGNED_REVOCATIONS_HEX))
+    assert parsed == signed
+    assert build_signed_revocation_list(parsed).hex() == SIGNED_REVOCATIONS_HEX

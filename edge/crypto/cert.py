@@ -102,6 +102,10 @@ class TrustStore:
         self._issuers[kid] = VerifyKey(public)
         return kid
 
+    def issuer_key(self, key_id: bytes) -> VerifyKey | None:
+        """The trusted issuer key with this id, or ``None`` if it is not trusted here."""
+        return self._issuers.get(key_id)
+
     def set_revoked(self, issuer_key_id: bytes, serials: Iterable[int]) -> None:
         """Replace the revocation list of one issuer (as fetched, already verified)."""
         self._revoked[issuer_key_id] = frozenset(serials)

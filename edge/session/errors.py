@@ -42,3 +42,9 @@ class HandshakeTimeout(SessionError):
     """The peer did not complete the handshake in time."""
 
     code = ErrorCode.HANDSHAKE_FAILED
+
+
+class PeerRefused(SessionError):
+    """The peer answered our handshake with an ERROR (busy, wrong version...)."""
+
+    code = ErrorCode.UNAVAILABLE

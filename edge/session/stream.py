@@ -22,7 +22,13 @@ from edge.errors import EdgeError
 from edge.sansio import Address
 from edge.session.cookie import NO_COOKIE
 from edge.session.datagram import SESSION_TYPES
-from edge.session.errors import HandshakeTimeout, NotAllowedHere, Overloaded, SessionUnusable
+from edge.session.errors import (
+    HandshakeTimeout,
+    NotAllowedHere,
+    Overloaded,
+    PeerRefused,
+    SessionUnusable,
+)
 from edge.session.events import MessageReceived, SessionEstablished, SessionFailed
 from edge.session.handshake import HandshakeDriver, Identity, ReplayGuard
 from edge.wire.codes import ErrorCode, MsgType, NoisePattern
@@ -58,12 +64,14 @@ class StreamSession:
         replay_guard: ReplayGuard | None = None,
         require_certificate: bool = True,
         pinned_static: bytes | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         """``replay_guard``: a server passes one guard to all its connections, so
         an IK first message replayed on a new connection is refused too.
         ``require_certificate`` and ``pinned_static``: see
         :class:`~edge.session.handshake.HandshakeDriver`."""
         self._require_certificate = require_certificate
+        self._handshake_timeout = handshake_timeout
         self._pinned_static = pinned_static
         self.handshake_hash = b""
         self.remote_static = b""
@@ -88,7 +96,7 @@ class StreamSession:
     def connection_made(self, address: Address, now: float) -> None:
         """The connection is open: start the handshake clock, and as initiator, the handshake."""
         self.address = address
-        self._deadline = now + HANDSHAKE_TIMEOUT
+        self._deadline = now + self._handshake_timeout
         if self.initiator:
             pattern = NoisePattern.XX if self._remote_static is None else NoisePattern.IK
             self._driver = self._new_driver(pattern, self._remote_static)
@@ -100,6 +108,13 @@ class StreamSession:
     def close(self) -> None:
         """Our side ends the session: no failure event; the adapter closes the socket."""
         self.closed = True
+
+    def refuse(self, code: ErrorCode, detail: str) -> None:
+        """Answer a new connection with a plaintext ERROR instead of a handshake (a busy
+        server): the peer learns why; a SessionFailed event tells the owner to close."""
+        body = {"code": code, "about_type": 0, "detail": detail[:200]}
+        self._out += frame(encode(MsgType.ERROR, body))
+        self._close(code, detail)
 
     # -- application side --------------------------------------------------------------
 
@@ -118,7 +133,7 @@ class StreamSession:
         if self.closed:
             return
         if self._deadline is None and self._transport is None:
-            self._deadline = now + HANDSHAKE_TIMEOUT
+            self._deadline = now + self._handshake_timeout
         try:
             for raw in self._deframer.feed(data):
                 if self._transport is None:
@@ -160,6 +175,8 @@ class StreamSession:
 
     def _on_handshake(self, raw: bytes, now: float) -> None:
         message = decode(raw)
+        if message.type is MsgType.ERROR:
+            raise PeerRefused(f"{self.address[0]}:{self.address[1]} refused: {message.body.detail}")
         expected = _EXPECTED.get((self.initiator, self._read_count))
         if message.type is not expected:
             raise NotAllowedHere(

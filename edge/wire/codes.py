@@ -33,6 +33,13 @@ class MsgType(IntEnum):
     LOGIN_DEVICE_PROOF = 0x13
     LOGIN_RESULT = 0x14
     CERTIFICATE = 0x15
+    LOGIN_REGISTER = 0x16
+    REVOCATION_FETCH = 0x17
+    REVOCATION_LIST = 0x18
+    RELAY_REQUEST = 0x19
+    RELAY_CREDENTIALS = 0x1A
+    DEVICE_KEYS_REQUEST = 0x1B
+    DEVICE_KEYS = 0x1C
     # Presence and search - 0x2_
     PRESENCE_PUBLISH = 0x20
     PRESENCE_LOOKUP = 0x21
@@ -59,6 +66,12 @@ class MsgType(IntEnum):
     # Media and liveness - 0x6_
     MEDIA_FRAME = 0x60
     KEEPALIVE = 0x61
+    # Offline mailbox on the login server - 0x7_ (ERROR keeps 0x7F)
+    MAILBOX_PUT = 0x70
+    MAILBOX_STORED = 0x71
+    MAILBOX_FETCH = 0x72
+    MAILBOX_ITEM = 0x73
+    MAILBOX_ACK = 0x74
     ERROR = 0x7F
 
 
@@ -88,6 +101,7 @@ class ErrorCode(IntEnum):
     CERT_BAD_SIGNATURE = 0x33
     CERT_REVOKED = 0x34
     CERT_KEY_MISMATCH = 0x35
+    REVOCATIONS_STALE = 0x36
     # Application - 0x4_
     AUTH_FAILED = 0x40
     NOT_FOUND = 0x41

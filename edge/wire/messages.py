@@ -5,7 +5,9 @@ flags, body length) followed by the body that the type selects. Each body is a
 construct ``Struct`` of named, documented, capped fields (see
 :mod:`edge.wire.fields`), registered with its description and spec reference
 in :data:`SPECS`; :data:`BODIES` is the same table reduced to declarations and
-is the single source of truth that docs/PROTOCOL.md is generated from.
+is the single source of truth that docs/PROTOCOL.md is generated from. One
+field kind is declared here rather than there, :class:`SerialSet`, the sorted
+u64 set that revocation lists carry.
 
 :func:`decode` reads the header with one ``struct`` call and checks it in a
 fixed order, before the body is touched: at least 8 bytes (Truncated), magic
@@ -27,10 +29,10 @@ do not check untrusted input.
 
 import io
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any
+from typing import Any, ClassVar
 
 from construct import (
     Bytes,
@@ -52,6 +54,7 @@ from edge.wire.codes import MAGIC, PROTOCOL_VERSION, ErrorCode, MsgType, NoisePa
 from edge.wire.errors import (
     BadMagic,
     BuildError,
+    CapExceeded,
     Malformed,
     Oversized,
     Truncated,
@@ -88,9 +91,24 @@ DEVICE_ID_MAX = 64
 DISPLAY_NAME_MAX = 64
 DETAIL_MAX = 200
 CERTIFICATE_MAX = 512
+BUDDY_ENTRIES_MAX = 128
+"""Buddies per BUDDY_LIST message; a longer list takes several messages."""
 NOISE_MAX = 1024
 MEDIA_PAYLOAD_MAX = 1200
 FILE_CHUNK_MAX = 16384
+PASSWORD_MAX = 256
+REVOKED_SERIALS_MAX = 4096
+"""Serials in one revocation list: 4096 x 8 bytes keeps the whole message near 32 KiB."""
+
+SEALED_MAX = 16384
+"""Bytes of one sealed mailbox item, ciphertext and the sealed box's 48 bytes included."""
+
+DEVICE_CERTIFICATES_MAX = 16
+"""Devices of one user whose certificates one DEVICE_KEYS answer can carry."""
+
+MAILBOX_ACK_MAX = 32
+RELAY_USERNAME_MAX = 128
+RELAY_PASSWORD_MAX = 64
 TRANSPORT_FIXED = 12
 """receiver_index and counter: the TRANSPORT body bytes before the ciphertext."""
 
@@ -194,6 +212,83 @@ class ReceiptStatus(IntEnum):
     REJECTED = 4
 
 
+class MailKind(IntEnum):
+    """What a sealed mailbox item holds, in clear so the recipient can sort before opening."""
+
+    MESSAGE = 1
+    VOICEMAIL = 2
+    RECEIPT = 3
+
+
+_U16 = struct.Struct(">H")
+
+
+def _read_exactly(stream: io.BufferedIOBase, size: int, path: str) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise Malformed(f"{field_name(path)}: body ends {size - len(data)} bytes short")
+    return data
+
+
+def _check_increasing(items: Sequence[int], path: str, error: type[Exception]) -> None:
+    for i in range(1, len(items)):
+        if items[i] <= items[i - 1]:
+            raise error(
+                f"{field_name(path)}[{i}]: {items[i]} after {items[i - 1]}; "
+                "values must be strictly increasing"
+            )
+
+
+class SerialSet(Construct):  # type: ignore[misc]
+    """A set of u64 numbers: a u16 count, then the numbers in strictly increasing order.
+
+    Strict order gives every set exactly one encoding, which signed structures
+    need (the signature covers these bytes), and makes a duplicate visible
+    without a second pass. On parse the count is checked against the cap before
+    any number is read (Oversized), and a number not above the one before it is
+    Malformed. On build the caller must hand the numbers already sorted and
+    without duplicates (BuildError otherwise), so that a signer signs exactly
+    what it was given; more than the cap is CapExceeded. Parses to a list.
+    """
+
+    wire_doc: ClassVar[str] = (
+        "A u16 count, then that many u64 in strictly increasing order; a count over the "
+        "cap is OVERSIZED, a value not above the one before it MALFORMED."
+    )
+
+    def __init__(self, max_items: int) -> None:
+        super().__init__()
+        if not 0 <= max_items <= 0xFFFF:
+            raise BuildError(f"a set cap of {max_items} does not fit a u16 count")
+        self.max_items = max_items
+
+    def _parse(self, stream: io.BufferedIOBase, context: Any, path: str) -> list[int]:
+        count: int = _U16.unpack(_read_exactly(stream, _U16.size, path))[0]
+        if count > self.max_items:
+            raise Oversized(f"{field_name(path)}: {count} items, cap {self.max_items}")
+        items = list(struct.unpack(f">{count}Q", _read_exactly(stream, 8 * count, path)))
+        _check_increasing(items, path, Malformed)
+        return items
+
+    def _build(self, obj: object, stream: io.BufferedIOBase, context: Any, path: str) -> object:
+        if not isinstance(obj, Sequence) or isinstance(obj, str | bytes | bytearray):
+            raise BuildError(f"{field_name(path)}: expected a list, got {type(obj).__name__}")
+        if len(obj) > self.max_items:
+            raise CapExceeded(f"{field_name(path)}: {len(obj)} items, cap {self.max_items}")
+        for i, item in enumerate(obj):
+            if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 1 << 64:
+                raise BuildError(f"{field_name(path)}[{i}]: {item!r} is not a u64")
+        _check_increasing(obj, path, BuildError)
+        stream.write(_U16.pack(len(obj)) + struct.pack(f">{len(obj)}Q", *obj))
+        return obj
+
+    def size_range(self) -> tuple[int, int]:
+        return _U16.size, _U16.size + 8 * self.max_items
+
+    def label(self) -> str:
+        return "u64 set (u16 count, strictly increasing)"
+
+
 # Field kinds shared by many bodies.
 UserId = Text(USER_ID_MAX)
 Detail = Text(DETAIL_MAX)
@@ -250,6 +345,21 @@ SignedPresenceRecord = Struct(
     "signature" / Signature64 * "Ed25519 by the certificate's sign_key over the record bytes",
 )
 
+RevocationList = Struct(
+    "issuer_key_id" / Bytes(8) * "the login-server key that signs the list (and the certificates)",
+    "version" / Int64ub * "grows with every revocation; a higher version replaces a lower",
+    "issued_at" / Int64ub * "when the list was signed, Unix seconds",
+    "next_update" / Int64ub * "a fresher list is due by then, Unix seconds; after it, stale",
+    "serials"
+    / SerialSet(REVOKED_SERIALS_MAX)
+    * "serials of this issuer's revoked certificates that have not expired yet",
+)
+
+SignedRevocationList = Struct(
+    "revocations" / RevocationList * "the signed part",
+    "signature" / Signature64 * "issuer's Ed25519 signature over the encoded RevocationList bytes",
+)
+
 
 @dataclass(frozen=True)
 class StructureSpec:
@@ -296,6 +406,22 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         SignedPresenceRecord,
         "RFC 8032 §5.1.6 (Ed25519 signature)",
         "A PresenceRecord with its owner's signature over the record's encoded bytes.",
+    ),
+    StructureSpec(
+        "RevocationList",
+        RevocationList,
+        "RFC 5280 §5 (the idea of a CRL: issuer, thisUpdate, nextUpdate, revoked serials)",
+        "The serials a login-server key has revoked. Like an X.509 CRL it names its issuer "
+        "and says when the next one is due, so a receiver can tell an old list from a "
+        "current one; unlike one, it lists only serials, since edge certificates are short-lived "
+        "and a serial leaves the list once its certificate has expired.",
+    ),
+    StructureSpec(
+        "SignedRevocationList",
+        SignedRevocationList,
+        "RFC 8032 §5.1.6 (Ed25519 signature)",
+        "A RevocationList with the issuer's signature over the list's encoded bytes, so "
+        "supernodes and devices can pass it on unchanged and nobody can forge or shorten it.",
     ),
     StructureSpec(
         "Candidate",
@@ -407,7 +533,7 @@ LOGIN_CHALLENGE = MessageSpec(
 
 LOGIN_PASSWORD = MessageSpec(
     MsgType.LOGIN_PASSWORD,
-    Struct("password" / Text(256) * "the account password"),
+    Struct("password" / Text(PASSWORD_MAX) * "the account password"),
     "RFC 9106 (argon2id, how the server stores what it checks against)",
     "Enrolment only: the account password, sent once and only inside the encrypted "
     "Noise session with the login server.",
@@ -438,6 +564,82 @@ CERTIFICATE = MessageSpec(
     "RFC 8032 §5.1.6 (Ed25519 signature)",
     "A certificate on its own: a renewal pushed by the login server, or an answer to a "
     "peer that needs it.",
+)
+
+LOGIN_REGISTER = MessageSpec(
+    MsgType.LOGIN_REGISTER,
+    Struct("password" / Text(PASSWORD_MAX) * "the password the new account will have"),
+    "RFC 9106 (argon2id, how the server stores it)",
+    "Self-registration: sent instead of LOGIN_PASSWORD, in answer to LOGIN_CHALLENGE, when "
+    "the account named in LOGIN_HELLO does not exist yet. The server creates the account "
+    "with this password and enrols the device, and answers LOGIN_RESULT. Only ever inside "
+    "the encrypted Noise session with the login server.",
+)
+
+REVOCATION_FETCH = MessageSpec(
+    MsgType.REVOCATION_FETCH,
+    Struct("known_version" / Int64ub * "version of the list the sender holds; 0 for none"),
+    "RFC 5280 §5 (the idea of a CRL)",
+    "Asks the login server for its current signed revocation list; it answers REVOCATION_LIST.",
+)
+
+REVOCATION_LIST = MessageSpec(
+    MsgType.REVOCATION_LIST,
+    SignedRevocationList,
+    "RFC 5280 §5 (the idea of a CRL); RFC 8032 §5.1.6 (Ed25519 signature)",
+    "The login server's signed list of revoked certificate serials, a SignedRevocationList. "
+    "The receiver checks the signature with the issuer key it trusts, refuses a list whose "
+    "next_update has passed, and applies it only if its version is higher than the one it "
+    "holds. Anyone may pass the exact bytes on.",
+)
+
+RELAY_REQUEST = MessageSpec(
+    MsgType.RELAY_REQUEST,
+    Struct("ttl" / Int32ub * "seconds the credentials should last; the server may give fewer"),
+    "draft-uberti-behave-turn-rest-00 (ephemeral TURN credentials)",
+    "Asks the login server for credentials for the TURN relays; it answers RELAY_CREDENTIALS.",
+)
+
+RELAY_CREDENTIALS = MessageSpec(
+    MsgType.RELAY_CREDENTIALS,
+    Struct(
+        "username"
+        / Text(RELAY_USERNAME_MAX)
+        * "TURN USERNAME: the expiry time, a colon, the user id",
+        "password"
+        / Text(RELAY_PASSWORD_MAX)
+        * "TURN password: base64 of HMAC-SHA1(shared secret, username)",
+        "expires" / Int64ub * "when the relays stop accepting them, Unix seconds",
+        "uris"
+        / Array(8, Text(255))
+        * "relays to use, as RFC 7065 URIs, e.g. turn:198.18.0.20:3478?transport=udp",
+    ),
+    "draft-uberti-behave-turn-rest-00 (ephemeral TURN credentials); RFC 8489 §9.2 "
+    "(long-term credentials, as TURN uses them: RFC 8656); RFC 7065 (TURN URIs)",
+    "Time-limited credentials for the TURN relays, which share a secret with the login "
+    "server and check them without asking it (coturn's use-auth-secret). A device uses "
+    "them as the long-term credential username and password of its TURN allocations.",
+)
+
+DEVICE_KEYS_REQUEST = MessageSpec(
+    MsgType.DEVICE_KEYS_REQUEST,
+    Struct("user_id" / UserId * "whose devices are wanted"),
+    "edge mailbox (no external spec)",
+    "Asks the login server for the certificates of every device of a user, so that the "
+    "sender can seal a mailbox item to each of them. It answers DEVICE_KEYS.",
+)
+
+DEVICE_KEYS = MessageSpec(
+    MsgType.DEVICE_KEYS,
+    Struct(
+        "user_id" / UserId * "from the DEVICE_KEYS_REQUEST",
+        "certificates"
+        / Array(DEVICE_CERTIFICATES_MAX, CertificateBlob)
+        * "the current certificate of each of the user's devices, exact signed bytes",
+    ),
+    "RFC 8032 §5.1.6 (Ed25519 signature); RFC 7748 (the X25519 keys they carry)",
+    "The user's device certificates; empty if the user has none or does not exist. The "
+    "receiver verifies each one and seals to its dh_key.",
 )
 
 PRESENCE_PUBLISH = MessageSpec(
@@ -526,19 +728,23 @@ BUDDY_LIST = MessageSpec(
     Struct(
         "version" / Int64ub * "list version after applying these entries",
         "full" / Bool8 * "1: the whole list; 0: only entries changed since since_version",
+        "more" / Bool8 * "1: more BUDDY_LIST messages of this answer follow",
         "entries"
         / Array(
-            255,
+            BUDDY_ENTRIES_MAX,
             Struct(
                 "user_id" / UserId * "the buddy",
                 "state" / EnumField(BuddyState) * "where the relationship stands",
                 "display_name" / Text(DISPLAY_NAME_MAX) * "their chosen name",
+                "note" / Detail * "the note of the buddy request, for PENDING_IN",
             ),
         )
         * "buddies",
     ),
     "edge buddy list (no external spec)",
-    "The buddy list, whole or as a delta. A delta marks removed buddies REMOVED.",
+    "The buddy list, whole or as a delta. A delta marks removed buddies REMOVED. A list "
+    "longer than 128 entries comes as several messages, all with the same version; the "
+    "last has more = 0, and only then is the receiver at that version.",
 )
 
 CALL_INVITE = MessageSpec(
@@ -696,6 +902,66 @@ KEEPALIVE = MessageSpec(
     "Keeps NAT bindings open and measures round-trip time.",
 )
 
+MAILBOX_PUT = MessageSpec(
+    MsgType.MAILBOX_PUT,
+    Struct(
+        "recipient" / UserId * "the user the item is for",
+        "recipient_device" / Text(DEVICE_ID_MAX) * "the device it is sealed to",
+        "message_id" / Id16 * "chosen at random by the sender; receipts name it",
+        "kind" / EnumField(MailKind) * "what the sealed item holds",
+        "sealed" / Blob(SEALED_MAX) * "the item, sealed to the device's X25519 key",
+    ),
+    "libsodium sealed boxes (crypto_box_seal: X25519, XSalsa20-Poly1305)",
+    "Leaves an item on the login server for a device that is offline, one MAILBOX_PUT per "
+    "device of the recipient. The server cannot read it; it answers MAILBOX_STORED, or "
+    "ERROR (BUSY when the mailbox is full).",
+)
+
+MAILBOX_STORED = MessageSpec(
+    MsgType.MAILBOX_STORED,
+    Struct(
+        "message_id" / Id16 * "from the MAILBOX_PUT",
+        "item_id" / Int64ub * "the server's id for the stored item",
+    ),
+    "edge mailbox (no external spec)",
+    "The login server has stored a MAILBOX_PUT.",
+)
+
+MAILBOX_FETCH = MessageSpec(
+    MsgType.MAILBOX_FETCH,
+    Struct("max_items" / Int8ub * "the most MAILBOX_ITEMs wanted in answer"),
+    "edge mailbox (no external spec)",
+    "A device asks for the items waiting for it, oldest first.",
+)
+
+MAILBOX_ITEM = MessageSpec(
+    MsgType.MAILBOX_ITEM,
+    Struct(
+        "item_id" / Int64ub * "the server's id, to name in MAILBOX_ACK",
+        "sender" / UserId * "who left it, as authenticated by the login server",
+        "sender_device" / Text(DEVICE_ID_MAX) * "the sender's device",
+        "message_id" / Id16 * "from the sender's MAILBOX_PUT",
+        "kind" / EnumField(MailKind) * "what the sealed item holds",
+        "sealed" / Blob(SEALED_MAX) * "the item as the sender sealed it",
+        "stored_ms" / Millis * "when the server stored it",
+        "remaining" / Int32ub * "items still waiting after this one",
+    ),
+    "libsodium sealed boxes (crypto_box_seal_open)",
+    "One stored item, in answer to MAILBOX_FETCH. The server keeps it until the device "
+    "acknowledges it with MAILBOX_ACK.",
+)
+
+MAILBOX_ACK = MessageSpec(
+    MsgType.MAILBOX_ACK,
+    Struct(
+        "item_ids"
+        / Array(MAILBOX_ACK_MAX, Int64ub)
+        * "items the device has opened and kept; the server deletes them",
+    ),
+    "edge mailbox (no external spec)",
+    "Acknowledges fetched items, so they are not delivered again.",
+)
+
 ERROR = MessageSpec(
     MsgType.ERROR,
     Struct(
@@ -721,6 +987,13 @@ SPECS: dict[MsgType, MessageSpec] = {
         LOGIN_DEVICE_PROOF,
         LOGIN_RESULT,
         CERTIFICATE,
+        LOGIN_REGISTER,
+        REVOCATION_FETCH,
+        REVOCATION_LIST,
+        RELAY_REQUEST,
+        RELAY_CREDENTIALS,
+        DEVICE_KEYS_REQUEST,
+        DEVICE_KEYS,
         PRESENCE_PUBLISH,
         PRESENCE_LOOKUP,
         PRESENCE_RESULT,
@@ -742,6 +1015,11 @@ SPECS: dict[MsgType, MessageSpec] = {
         FILE_ACK,
         MEDIA_FRAME,
         KEEPALIVE,
+        MAILBOX_PUT,
+        MAILBOX_STORED,
+        MAILBOX_FETCH,
+        MAILBOX_ITEM,
+        MAILBOX_ACK,
         ERROR,
     )
 }
@@ -919,6 +1197,8 @@ _CERTIFICATE_MAX = size_range(Certificate)[1]
 _TBS_MAX = size_range(CertificateTBS)[1]
 _RECORD_MAX = size_range(PresenceRecord)[1]
 _PAYLOAD_MAX = size_range(HandshakePayload)[1]
+_REVOCATIONS_MAX = size_range(RevocationList)[1]
+_SIGNED_REVOCATIONS_MAX = size_range(SignedRevocationList)[1]
 
 
 def _parse_capped(layout: Construct, data: bytes, cap: int, what: str) -> Container:
@@ -966,3 +1246,28 @@ def parse_handshake_payload(data: bytes) -> Container:
 def build_handshake_payload(payload: Mapping[str, Any]) -> bytes:
     """The plaintext to put in a Noise handshake message."""
     return build_exact(HandshakePayload, payload, "handshake payload")
+
+
+def parse_revocation_list(data: bytes) -> Container:
+    """The fields of an (unsigned) RevocationList; ``serials`` is a strictly increasing list."""
+    return _parse_capped(RevocationList, data, _REVOCATIONS_MAX, "revocation list")
+
+
+def build_revocation_list(revocations: Mapping[str, Any]) -> bytes:
+    """The bytes an issuer signs; ``serials`` must already be sorted and without repeats."""
+    return build_exact(RevocationList, revocations, "revocation list")
+
+
+def parse_signed_revocation_list(data: bytes) -> Container:
+    """A SignedRevocationList's fields (``revocations``, ``signature``), signature unchecked.
+
+    The signed bytes are all of ``data`` but the last 64: the encoding is canonical.
+    """
+    return _parse_capped(
+        SignedRevocationList, data, _SIGNED_REVOCATIONS_MAX, "signed revocation list"
+    )
+
+
+def build_signed_revocation_list(signed: Mapping[str, Any]) -> bytes:
+    """Bytes of a SignedRevocationList (``revocations`` and ``signature``)."""
+    return build_exact(SignedRevocationList, signed, "signed revocation list")

@@ -1,0 +1,1 @@
+"""The device side: logging in, sessions with peers, calls, messages."""

@@ -1,0 +1,24 @@
+"""Errors of the client package."""
+
+from edge.errors import RemoteError
+from edge.wire.codes import ErrorCode
+
+
+class LoginRefused(RemoteError):
+    """The login server said no; ``code`` says why (AUTH_FAILED, RATE_LIMITED, ...)."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message, code=code)
+
+
+class ServerError(RemoteError):
+    """The login server answered a request with an ERROR."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message, code=code)
+
+
+class UnexpectedReply(RemoteError):
+    """The login server answered with a message we did not ask for."""
+
+    code = ErrorCode.MALFORMED

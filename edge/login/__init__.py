@@ -1,0 +1,1 @@
+"""The login server: accounts, certificates, buddy lists, mailbox, relay credentials."""
