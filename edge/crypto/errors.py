@@ -68,3 +68,9 @@ class FrameError(CryptoError):
     """A stream frame was larger than allowed: the stream has lost its boundaries."""
 
     code = ErrorCode.OVERSIZED
+
+
+class StaleRevocations(CertificateError):
+    """A revocation list's ``next_update`` has passed: a newer list exists somewhere."""
+
+    code = ErrorCode.REVOCATIONS_STALE

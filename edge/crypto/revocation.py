@@ -32,19 +32,12 @@ from dataclasses import dataclass, field
 from nacl.exceptions import BadSignatureError
 
 from edge.crypto.cert import TrustStore
-from edge.crypto.errors import BadSignature, CertificateError, UnknownIssuer
+from edge.crypto.errors import BadSignature, StaleRevocations, UnknownIssuer
 from edge.crypto.keys import IssuerKey
 from edge.errors import LocalError
-from edge.wire.codes import ErrorCode
 from edge.wire.messages import build_revocation_list, parse_signed_revocation_list
 
 SIGNATURE_SIZE = 64
-
-
-class StaleRevocations(CertificateError):
-    """A revocation list's ``next_update`` has passed: a newer list exists somewhere."""
-
-    code = ErrorCode.REVOCATIONS_STALE
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,7 @@ _FIELD_KINDS: tuple[tuple[str, type[Any]], ...] = (
     ("uN in low..high", fields.Bounded),
     ("bool", fields.Boolean),
     ("Address", fields.AddressAdapter),
+    ("u64 set", messages.SerialSet),
 )
 
 
