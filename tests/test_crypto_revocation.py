@@ -4,11 +4,10 @@ import pytest
 from nacl.signing import VerifyKey
 
 from edge.crypto.cert import DEFAULT_SKEW, TrustStore, issue
-from edge.crypto.errors import BadSignature, CertificateRevoked, UnknownIssuer
+from edge.crypto.errors import BadSignature, CertificateRevoked, StaleRevocations, UnknownIssuer
 from edge.crypto.keys import DeviceKeys, IssuerKey
 from edge.crypto.revocation import (
     RevocationCache,
-    StaleRevocations,
     VerifiedRevocations,
     sign_revocations,
     verify_revocations,
