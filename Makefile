@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-checked
 
-# Debian packages: build headers for pyaudio, the runtime libraries we load.
-APT_PACKAGES := python3-venv python3-dev gcc portaudio19-dev libopus0
+# Debian packages: build headers for pyaudio, the runtime libraries we load, and
+# PostgreSQL, whose server the tests start (a throw-away cluster) and whose libpq
+# the PostgreSQL store uses.
+APT_PACKAGES := python3-venv python3-dev gcc portaudio19-dev libopus0 postgresql libpq5
 
 .PHONY: demo test lint typecheck unit docs docs-check bench fuzz clean apt venv
 

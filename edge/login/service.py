@@ -278,7 +278,7 @@ class Conversation:
 
     async def _store_device(self, hello: Hello) -> None:
         service = self.service
-        await service.db(
+        device = await service.db(
             service.store.enrol_device,
             hello.user_id,
             hello.device_id,
@@ -286,6 +286,10 @@ class Conversation:
             hello.dh_key,
             service.now(),
         )
+        if device.revoked:
+            # Revoked keys stay revoked, password or not: a stolen device that
+            # also knows the password must not come back; new keys may.
+            raise AuthFailed("revoked device keys")
 
     async def _renew(self, hello: Hello, valid: bool) -> None:
         service = self.service
