@@ -537,6 +537,11 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
         0,
         h("ed9e 01 74 0000 0011", "02", "0000000000000009", "000000000000000a"),
     ),
+    MsgType.MAILBOX_STATUS: (
+        {"waiting": 3},
+        0,
+        h("ed9e 01 75 0000 0004", "00000003"),
+    ),
     MsgType.ERROR: (
         {"code": ErrorCode.UNKNOWN_TYPE, "about_type": 0x99, "detail": ""},
         0,

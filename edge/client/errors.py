@@ -22,3 +22,9 @@ class UnexpectedReply(RemoteError):
     """The login server answered with a message we did not ask for."""
 
     code = ErrorCode.MALFORMED
+
+
+class NoDevices(RemoteError):
+    """The recipient has no enrolled device: nothing can be sealed for them."""
+
+    code = ErrorCode.NOT_FOUND

@@ -174,7 +174,19 @@ class Migration:
     """Statement templates; :func:`sql` fills in the dialect's types."""
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial),)
+def _mailbox_per_device(dialect: Dialect) -> list[str]:
+    # Items are sealed to one device's key, so each is addressed to one device.
+    return [
+        "ALTER TABLE mailbox ADD COLUMN recipient_device {key} NOT NULL DEFAULT ''",
+        "ALTER TABLE mailbox ADD COLUMN sender_device {key} NOT NULL DEFAULT ''",
+        "CREATE INDEX mailbox_device ON mailbox (recipient, recipient_device, item_id)",
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _initial),
+    Migration(2, "mailbox items addressed to one device", _mailbox_per_device),
+)
 
 LATEST = MIGRATIONS[-1].version
 

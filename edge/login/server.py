@@ -29,6 +29,7 @@ from typing import Any, cast
 from edge.crypto.cert import TrustStore
 from edge.crypto.keys import DeviceKeys, IssuerKey
 from edge.login.config import LoginConfig
+from edge.login.errors import StoreError
 from edge.login.service import Conversation, LoginService
 from edge.login.store import Store
 from edge.runtime.adapters import StreamAdapter, open_stream_server
@@ -43,6 +44,7 @@ from edge.wire.messages import Message
 _log = logging.getLogger(__name__)
 
 MAX_QUEUED_REQUESTS = 16
+MAIL_EXPIRY_INTERVAL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class LoginServer:
         self._connections: dict[StreamAdapter, _Connection] = {}
         self._open = 0
         self._wall_offset = 0.0
+        self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> list[Address]:
         """Listen on every configured address; return the bound addresses (port 0 resolved)."""
@@ -96,13 +99,29 @@ class LoginServer:
             bound.extend(
                 (str(s.getsockname()[0]), int(s.getsockname()[1])) for s in listener.sockets
             )
+        self._expiry = loop.create_task(self._expire_mail())
         log_event(_log, logging.INFO, "login server listening", addresses=bound)
         return bound
+
+    async def _expire_mail(self) -> None:
+        """Delete expired mailbox items now and then (fetches skip them meanwhile)."""
+        service = self.service
+        while True:
+            try:
+                removed = await service.db(service.store.mail_expire, service.now())
+            except StoreError as exc:
+                log_event(_log, logging.WARNING, "mailbox expiry failed", error=str(exc))
+            else:
+                if removed:
+                    log_event(_log, logging.INFO, "mailbox items expired", count=removed)
+            await asyncio.sleep(MAIL_EXPIRY_INTERVAL)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop listening, let each connection finish its current request, close all."""
         for listener in self._listeners:
             listener.close()
+        if self._expiry is not None:
+            self._expiry.cancel()
         tasks = []
         for connection in list(self._connections.values()):
             if connection.task is not None:

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
+from functools import partial
 from typing import Any, TypeVar
 
 from edge.crypto.cert import issue
@@ -42,15 +43,26 @@ from edge.crypto.keys import IssuerKey
 from edge.crypto.revocation import sign_revocations
 from edge.errors import RemoteError
 from edge.login.config import LoginConfig
-from edge.login.errors import AuthFailed, NotAllowed, StoreError, Throttled, UserExists
+from edge.login.errors import (
+    AuthFailed,
+    MailboxFull,
+    NoSuchUser,
+    NotAllowed,
+    NotFound,
+    StoreError,
+    Throttled,
+    UserExists,
+)
 from edge.login.passwords import Passwords
 from edge.login.proof import proof_valid
-from edge.login.store import BuddyEntry, IssuedCertificate, Store
+from edge.login.store import BuddyEntry, IssuedCertificate, MailItem, Store
 from edge.runtime.logs import log_event
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     BUDDY_ENTRIES_MAX,
+    DEVICE_CERTIFICATES_MAX,
     BuddyOp,
+    MailKind,
     Message,
     parse_signed_revocation_list,
 )
@@ -61,6 +73,10 @@ Send = Callable[[MsgType, Mapping[str, Any]], None]
 _log = logging.getLogger(__name__)
 
 AUTH_FAILED_TEXT = "unknown user, wrong password or unknown device"
+MAILBOX_BATCH = 32
+"""Items per MAILBOX_FETCH answer, whatever the device asks for."""
+MAILBOX_COUNT_CAP = 10_000
+DEVICE_KEYS_VALID = 3600
 REVOCATIONS_VALID = 3600
 """Seconds a signed revocation list stays fresh; devices fetch a new one before."""
 CLIENT_SKEW = 60
@@ -89,6 +105,10 @@ STAGES: dict[Stage, dict[MsgType, str]] = {
         MsgType.REVOCATION_FETCH: "_on_revocations",
         MsgType.BUDDY_OP: "_on_buddy_op",
         MsgType.BUDDY_SYNC: "_on_buddy_sync",
+        MsgType.DEVICE_KEYS_REQUEST: "_on_device_keys",
+        MsgType.MAILBOX_PUT: "_on_mail_put",
+        MsgType.MAILBOX_FETCH: "_on_mail_fetch",
+        MsgType.MAILBOX_ACK: "_on_mail_ack",
     },
     Stage.DONE: {},
 }
@@ -423,8 +443,134 @@ class Conversation:
                 },
             )
 
+    # -- the mailbox ------------------------------------------------------------------
+
+    async def _on_device_keys(self, body: Any) -> None:
+        """Certificates for each active device of a user, so a sender can seal to each.
+
+        The server is the issuer: it certifies the stored keys afresh, for one
+        hour, rather than keep every certificate it ever issued."""
+        service = self.service
+        devices = await service.db(service.store.list_devices, body.user_id)
+        now = service.now()
+        certificates = [
+            issue(
+                service.issuer,
+                serial=secrets.randbits(63),
+                user_id=device.user_id,
+                device_id=device.device_id,
+                sign_key=device.sign_key,
+                dh_key=device.dh_key,
+                not_before=now - CLIENT_SKEW,
+                not_after=now + DEVICE_KEYS_VALID,
+            )
+            for device in devices
+            if not device.revoked
+        ][:DEVICE_CERTIFICATES_MAX]
+        self._send(MsgType.DEVICE_KEYS, {"user_id": body.user_id, "certificates": certificates})
+
+    async def _on_mail_put(self, body: Any) -> None:
+        service = self.service
+        if body.kind == MailKind.RECEIPT:
+            raise NotAllowed("receipts are made by the server when an item is delivered")
+        now = service.now()
+        try:
+            item_id = await service.db(
+                partial(
+                    service.store.mail_put,
+                    body.recipient,
+                    self.user_id,
+                    bytes(body.message_id),
+                    int(body.kind),
+                    bytes(body.sealed),
+                    now,
+                    now + service.config.mailbox_days * 86400,
+                    service.config.mailbox_quota,
+                    recipient_device=body.recipient_device,
+                    sender_device=self.device_id,
+                )
+            )
+        except NoSuchUser:
+            raise NotFound(f"no user {body.recipient!r}") from None
+        self._send(MsgType.MAILBOX_STORED, {"message_id": body.message_id, "item_id": item_id})
+
+    async def _on_mail_fetch(self, body: Any) -> None:
+        service = self.service
+        limit = max(1, min(body.max_items, MAILBOX_BATCH))
+        items = await service.db(
+            partial(
+                service.store.mail_fetch,
+                self.user_id,
+                service.now(),
+                limit + 1,
+                device=self.device_id,
+            )
+        )
+        batch = items[:limit]
+        for n, item in enumerate(batch):
+            self._send(MsgType.MAILBOX_ITEM, _mail_item(item, remaining=len(batch) - n - 1))
+        self._send(MsgType.MAILBOX_STATUS, {"waiting": len(items) - len(batch)})
+
+    async def _on_mail_ack(self, body: Any) -> None:
+        service = self.service
+        deleted = await service.db(service.store.mail_delete, self.user_id, list(body.item_ids))
+        for item in deleted:
+            if item.kind != MailKind.RECEIPT and item.recipient_device == self.device_id:
+                await self._receipt(item)
+        self._send(MsgType.MAILBOX_STATUS, {"waiting": await self._waiting()})
+
+    async def _receipt(self, item: MailItem) -> None:
+        """Tell the sender's device that its item reached the recipient's device."""
+        service = self.service
+        now = service.now()
+        try:
+            await service.db(
+                partial(
+                    service.store.mail_put,
+                    item.sender,
+                    self.user_id,
+                    item.message_id,
+                    int(MailKind.RECEIPT),
+                    b"",
+                    now,
+                    now + service.config.mailbox_days * 86400,
+                    service.config.mailbox_quota,
+                    recipient_device=item.sender_device,
+                    sender_device=self.device_id,
+                )
+            )
+        except (MailboxFull, NoSuchUser) as exc:
+            # A receipt is a courtesy: the delivery itself has happened.
+            log_event(_log, logging.INFO, "receipt dropped", to=item.sender, reason=str(exc))
+
+    async def _waiting(self) -> int:
+        service = self.service
+        items = await service.db(
+            partial(
+                service.store.mail_fetch,
+                self.user_id,
+                service.now(),
+                MAILBOX_COUNT_CAP,
+                device=self.device_id,
+            )
+        )
+        return len(items)
+
     def _error(self, code: ErrorCode, detail: str, about: MsgType) -> None:
         self._send(MsgType.ERROR, {"code": code, "about_type": about, "detail": detail[:200]})
+
+
+def _mail_item(item: MailItem, *, remaining: int) -> dict[str, Any]:
+    return {
+        "item_id": item.item_id,
+        "sender": item.sender,
+        "sender_device": item.sender_device,
+        "message_id": item.message_id,
+        "kind": MailKind(item.kind),
+        "sealed": item.sealed,
+        "stored_ms": item.stored_at * 1000,
+        "remaining": remaining,
+    }
 
 
 def _buddy(entry: BuddyEntry) -> dict[str, Any]:

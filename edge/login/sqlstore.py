@@ -58,7 +58,10 @@ _CHUNK = 500
 
 _USER = "user_id, password_hash, enabled, created_at"
 _DEVICE = "user_id, device_id, sign_key, dh_key, enrolled_at, last_login_at, revoked"
-_MAIL = "item_id, recipient, sender, message_id, kind, sealed, stored_at, expires_at"
+_MAIL = (
+    "item_id, recipient, sender, message_id, kind, sealed, stored_at, expires_at,"
+    " recipient_device, sender_device"
+)
 _BUDDY = "buddy, state, note, version"
 
 
@@ -150,16 +153,34 @@ class SqlStore(ABC):
         now: int,
         expires_at: int,
         quota: Quota,
+        *,
+        recipient_device: str = "",
+        sender_device: str = "",
     ) -> int:
-        item = MailItem(0, recipient, sender, message_id, kind, sealed, now, expires_at)
+        item = MailItem(
+            0,
+            recipient,
+            sender,
+            message_id,
+            kind,
+            sealed,
+            now,
+            expires_at,
+            recipient_device,
+            sender_device,
+        )
         return self._write(lambda tx: _mail_put(tx, item, quota))
 
-    def mail_fetch(self, recipient: str, now: int, limit: int = 100) -> list[MailItem]:
-        query = (
-            f"SELECT {_MAIL} FROM mailbox WHERE recipient = ? AND expires_at > ?"
-            " ORDER BY item_id LIMIT ?"
-        )
-        rows = self._read(lambda tx: tx.rows(query, (recipient, now, limit)))
+    def mail_fetch(
+        self, recipient: str, now: int, limit: int = 100, *, device: str | None = None
+    ) -> list[MailItem]:
+        where = "recipient = ? AND expires_at > ?"
+        params: tuple[object, ...] = (recipient, now)
+        if device is not None:
+            where += " AND recipient_device = ?"
+            params += (device,)
+        query = f"SELECT {_MAIL} FROM mailbox WHERE {where} ORDER BY item_id LIMIT ?"
+        rows = self._read(lambda tx: tx.rows(query, (*params, limit)))
         return [_mail_item(row) for row in rows]
 
     def mail_delete(self, recipient: str, item_ids: list[int]) -> list[MailItem]:
@@ -422,11 +443,11 @@ def _mail_put(tx: Tx, item: MailItem, quota: Quota) -> int:
             f"the mailbox of {item.recipient!r} is full ({count} items, {size} bytes)"
         )
     return tx.insert_id(
-        "INSERT INTO mailbox (recipient, sender, message_id, kind, sealed, stored_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO mailbox (recipient, sender, message_id, kind, sealed, stored_at,"
+        " expires_at, recipient_device, sender_device) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             *(item.recipient, item.sender, item.message_id, item.kind, item.sealed),
-            *(item.stored_at, item.expires_at),
+            *(item.stored_at, item.expires_at, item.recipient_device, item.sender_device),
         ),
         "item_id",
     )
@@ -444,7 +465,7 @@ def _mail_delete(tx: Tx, recipient: str, item_ids: list[int]) -> list[MailItem]:
 
 
 def _mail_item(row: Row) -> MailItem:
-    item_id, recipient, sender, message_id, kind, sealed, stored_at, expires_at = row
+    item_id, recipient, sender, message_id, kind, sealed, stored_at, expires_at, to, by = row
     return MailItem(
         int(item_id),
         recipient,
@@ -454,6 +475,8 @@ def _mail_item(row: Row) -> MailItem:
         bytes(sealed),
         int(stored_at),
         int(expires_at),
+        to,
+        by,
     )
 
 

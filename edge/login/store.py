@@ -67,6 +67,9 @@ class MailItem:
     """Ciphertext sealed to the recipient's X25519 key; the server cannot read it."""
     stored_at: int
     expires_at: int
+    recipient_device: str = ""
+    """The device whose X25519 key sealed the item; only it can open it."""
+    sender_device: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,18 @@ class Store(Protocol):
         now: int,
         expires_at: int,
         quota: Quota,
+        *,
+        recipient_device: str = "",
+        sender_device: str = "",
     ) -> int:
-        """Store one item; return its id. Raises MailboxFull, NoSuchUser."""
+        """Store one item; return its id. The quota counts all of the recipient's
+        devices together. Raises MailboxFull, NoSuchUser."""
         ...
 
-    def mail_fetch(self, recipient: str, now: int, limit: int = 100) -> list[MailItem]:
-        """Unexpired items, oldest first."""
+    def mail_fetch(
+        self, recipient: str, now: int, limit: int = 100, *, device: str | None = None
+    ) -> list[MailItem]:
+        """Unexpired items, oldest first; with ``device``, only those addressed to it."""
         ...
 
     def mail_delete(self, recipient: str, item_ids: list[int]) -> list[MailItem]:

@@ -72,6 +72,7 @@ class MsgType(IntEnum):
     MAILBOX_FETCH = 0x72
     MAILBOX_ITEM = 0x73
     MAILBOX_ACK = 0x74
+    MAILBOX_STATUS = 0x75
     ERROR = 0x7F
 
 

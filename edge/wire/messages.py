@@ -962,6 +962,14 @@ MAILBOX_ACK = MessageSpec(
     "Acknowledges fetched items, so they are not delivered again.",
 )
 
+MAILBOX_STATUS = MessageSpec(
+    MsgType.MAILBOX_STATUS,
+    Struct("waiting" / Int32ub * "items still waiting for this device after this answer"),
+    "edge mailbox (no external spec)",
+    "Ends the answer to a MAILBOX_FETCH (after zero or more MAILBOX_ITEMs) and says how "
+    "many items still wait: a desk phone lights its message-waiting lamp on it.",
+)
+
 ERROR = MessageSpec(
     MsgType.ERROR,
     Struct(
@@ -1020,6 +1028,7 @@ SPECS: dict[MsgType, MessageSpec] = {
         MAILBOX_FETCH,
         MAILBOX_ITEM,
         MAILBOX_ACK,
+        MAILBOX_STATUS,
         ERROR,
     )
 }
