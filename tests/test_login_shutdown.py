@@ -48,7 +48,7 @@ def test_stop_finishes_the_request_in_flight(tmp_path: Path) -> None:
         real.add_user("alice", Passwords(CHEAP).hash("pw"), int(time.time()))
         store = HeldStore(real)
         keys = server_keys(config.state_dir)
-        server = LoginServer(config, store, keys)  # type: ignore[arg-type]
+        server = LoginServer(config, store, keys)
         (address,) = await server.start()
         who = device()
         logging_in = asyncio.create_task(login(address, keys.noise.dh_public, who, password="pw"))
