@@ -85,7 +85,7 @@ def _listen(server: ConfigDoc) -> tuple[Address, ...]:
 
 def _address(server: ConfigDoc, text: str) -> Address:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
         raise server.error("listen", f"{text!r} is not host:port")
     return host.strip("[]"), int(port)
 
