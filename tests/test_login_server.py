@@ -355,3 +355,40 @@ async def _buddies(w: World) -> None:
 
 
 test_buddy_request_accept_and_delta_sync = scenario(_buddies)
+
+
+async def _device_refreshes(w: World) -> None:
+    from edge.client.revocations import refresh
+    from edge.crypto.errors import CertificateRevoked
+    from edge.crypto.revocation import RevocationCache
+
+    w.add_user("alice")
+    w.add_user("bob")
+    bob = await w.login(device("bob", "phone"), password="correct horse")
+    session = await w.login(device(), password="correct horse")
+    stolen = session.certificate
+    session.close()
+    w.store.revoke_device("alice", "desk-1", int(w.clock.now))
+    trust = w.trust
+    trust.verify(stolen, time.time())  # believed until the list arrives
+    cache = RevocationCache(trust)
+    fetched = await refresh(bob, cache, w.server.keys.issuer.key_id)
+    assert cache.known_version(w.server.keys.issuer.key_id) == fetched.version
+    with pytest.raises(CertificateRevoked):
+        trust.verify(stolen, time.time())
+    bob.close()
+
+
+test_a_device_refreshes_its_revocation_list = scenario(_device_refreshes)
+
+
+async def _rehash(w: World) -> None:
+    older = Passwords(PasswordCost(ops=2, memory=8 * 1024))
+    w.store.add_user("alice", older.hash("pw"), int(w.clock.now))
+    (await w.login(device(), password="pw")).close()
+    user = w.store.get_user("alice")
+    assert user is not None and not Passwords(CHEAP).needs_rehash(user.password_hash)
+    (await w.login(device("alice", "desk-2"), password="pw")).close()
+
+
+test_a_hash_made_at_another_cost_is_upgraded_at_login = scenario(_rehash)

@@ -149,6 +149,11 @@ class RevocationCache:
         self._trust = trust
         self._versions: dict[bytes, int] = {}
 
+    @property
+    def trust(self) -> TrustStore:
+        """The trust store this cache keeps current."""
+        return self._trust
+
     def known_version(self, issuer_key_id: bytes) -> int:
         """The version last applied for this issuer; 0 if none (as REVOCATION_FETCH says)."""
         return self._versions.get(issuer_key_id, 0)

@@ -294,6 +294,10 @@ class Conversation:
         matched = await service.hashing(service.passwords.verify, stored, hello.password)
         if not (matched and valid):
             raise AuthFailed("password or device proof refused")
+        if stored is not None and service.passwords.needs_rehash(stored):
+            # The operator changed the cost: upgrade the hash while we hold the password.
+            fresh = await service.hashing(service.passwords.hash, hello.password)
+            await service.db(service.store.set_password, hello.user_id, fresh)
         await self._store_device(hello)
 
     async def _store_device(self, hello: Hello) -> None:
