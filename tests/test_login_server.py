@@ -392,3 +392,13 @@ async def _rehash(w: World) -> None:
 
 
 test_a_hash_made_at_another_cost_is_upgraded_at_login = scenario(_rehash)
+
+
+async def _empty_password(w: World) -> None:
+    w.add_user("alice")
+    with pytest.raises(ServerError) as info:
+        await w.login(device("newcomer"), password="", register=True)
+    assert info.value.code is ErrorCode.FORBIDDEN
+
+
+test_an_empty_password_is_refused_cleanly = scenario(_empty_password, self_registration=True)

@@ -203,11 +203,17 @@ class LoginServer:
     async def _serve(self, connection: _Connection) -> None:
         conversation = connection.conversation
         assert conversation is not None
-        while (message := await connection.queue.get()) is not None:
-            await conversation.handle(message)
-            if conversation.finished:
-                break
-        connection.adapter.close()
+        try:
+            while (message := await connection.queue.get()) is not None:
+                await conversation.handle(message)
+                if conversation.finished:
+                    break
+        except Exception:
+            # A bug of ours: say so in the log, and never leave the device hanging.
+            _log.exception("request from %s failed", conversation.address)
+            self.stats["internal_errors"] += 1
+        finally:
+            connection.adapter.close()
 
 
 def _wake(connection: _Connection) -> None:

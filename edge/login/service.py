@@ -53,7 +53,7 @@ from edge.login.errors import (
     Throttled,
     UserExists,
 )
-from edge.login.passwords import Passwords
+from edge.login.passwords import MAX_PASSWORD_BYTES, Passwords
 from edge.login.proof import proof_valid
 from edge.login.store import BuddyEntry, IssuedCertificate, MailItem, Store
 from edge.runtime.logs import log_event
@@ -247,6 +247,8 @@ class Conversation:
         hello = self._need_hello()
         if hello.password is not None:
             raise NotAllowed("one password per login")
+        if not 0 < len(password.encode()) <= MAX_PASSWORD_BYTES:
+            raise NotAllowed(f"a password is 1 to {MAX_PASSWORD_BYTES} bytes")
         hello.password, hello.register = password, register
 
     async def _on_proof(self, body: Any) -> None:
