@@ -330,6 +330,7 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
     MsgType.BUDDY_LIST: (
         {
             "version": 5,
+            "since_version": 0,
             "full": True,
             "more": False,
             "entries": [
@@ -343,8 +344,9 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
         },
         0,
         h(
-            "ed9e 01 32 0000 0017",  # 8 + 1 + 1 + 1 + 12 = 23
+            "ed9e 01 32 0000 001f",  # 8 + 8 + 1 + 1 + 1 + 12 = 31
             "0000000000000005",
+            "0000000000000000",  # since_version
             "01",  # full
             "00",  # no more messages follow
             "01",  # one entry

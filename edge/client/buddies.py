@@ -29,10 +29,11 @@ BUDDY_LIST body and returns the changes (:class:`BuddyAdded`,
   for a buddy the cache does not hold changes nothing.
 - **Versions never go backwards.** An answer older than the cache is read to
   its end and ignored: the cache already holds everything it says.
-- **Caps.** At most :data:`MAX_BUDDIES` entries. An answer that would take
-  the cache past it raises :class:`TooManyBuddies` and changes nothing; it is
-  refused as soon as that is certain, so staging never holds much more than
-  the cap, whatever the server sends.
+- **Caps.** At most :data:`MAX_BUDDIES` entries (a device short of memory may
+  set a lower ``limit``). An answer that would take the cache past it raises
+  :class:`TooManyBuddies` and changes nothing; it is refused as soon as that
+  is certain, so staging never holds much more than the cap, whatever the
+  server sends.
 
 A delta is only right for the version it was asked from, and BUDDY_LIST does
 not say which that was. The answer to a BUDDY_OP is a delta from just before
@@ -52,7 +53,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from edge.client.login import LoginSession
 from edge.errors import LocalError, RemoteError
@@ -126,7 +127,7 @@ class BuddyListError(RemoteError):
 
 
 class TooManyBuddies(BuddyListError):
-    """An answer would take the cache past :data:`MAX_BUDDIES`; nothing changed."""
+    """An answer would take the cache past its limit; nothing changed."""
 
     code = ErrorCode.OVERSIZED
 
@@ -150,6 +151,7 @@ class _Part:
     """One BUDDY_LIST body, checked."""
 
     version: int
+    since: int
     full: bool
     more: bool
     entries: tuple[Buddy, ...]
@@ -170,14 +172,23 @@ class _Answer:
 class BuddyCache:
     """The device's buddy list and the version it is at; see the module docstring."""
 
-    def __init__(self, version: int = 0, buddies: Iterable[Buddy] = ()) -> None:
+    def __init__(
+        self, version: int = 0, buddies: Iterable[Buddy] = (), *, limit: int = MAX_BUDDIES
+    ) -> None:
+        if not _is_version(version):
+            raise LocalError(f"buddy cache: version {version!r} is not a u64")
+        # Above MAX_BUDDIES, a saved cache would not load again.
+        if not 0 < limit <= MAX_BUDDIES:
+            raise LocalError(f"buddy cache: a limit of {limit} is not in 1..{MAX_BUDDIES}")
         entries: dict[str, Buddy] = {}
         for buddy in buddies:
             if buddy.user_id in entries or buddy.state is BuddyState.REMOVED:
                 raise LocalError(f"buddy cache: {buddy!r} is a duplicate or a tombstone")
             entries[buddy.user_id] = buddy
-        if not _is_version(version) or len(entries) > MAX_BUDDIES:
-            raise LocalError(f"buddy cache: version {version!r}, {len(entries)} entries")
+        if len(entries) > limit:
+            raise LocalError(f"buddy cache: {len(entries)} entries, at most {limit}")
+        self.limit = limit
+        """The most entries this cache holds; an answer going past it is refused."""
         self.version = version
         """The list version the cache holds: ``since_version`` for the next sync."""
         self._entries = entries
@@ -238,7 +249,9 @@ class BuddyCache:
     def _answer_for(self, part: _Part) -> _Answer:
         answer = self._answer
         if answer is None:
-            return _Answer(part.version, part.full, stale=part.version < self.version)
+            # A delta from after our version would skip changes between: unusable.
+            gap = not part.full and part.since > self.version
+            return _Answer(part.version, part.full, stale=part.version < self.version or gap)
         if (answer.version, answer.full) != (part.version, part.full):
             self._answer = None
             raise BuddyListError(
@@ -262,19 +275,19 @@ class BuddyCache:
         # Every staged entry of a full answer stays; of a delta, at most the cached
         # ones go or change, so the rest are new and the list will hold at least
         # those: past this bound it would certainly exceed the cap.
-        bound = MAX_BUDDIES if answer.full else MAX_BUDDIES + len(self._entries)
+        bound = self.limit if answer.full else self.limit + len(self._entries)
         if len(staged) > bound:
-            raise TooManyBuddies(f"BUDDY_LIST: more than {MAX_BUDDIES} buddies")
+            raise TooManyBuddies(f"BUDDY_LIST: more than {self.limit} buddies")
 
     def _land(self, answer: _Answer) -> list[Change]:
-        after = {} if answer.full else dict(self._entries)
+        after: dict[str, Buddy] = {} if answer.full else dict(self._entries)
         for user_id, buddy in answer.staged.items():
             if buddy is None:
                 del after[user_id]
             else:
                 after[user_id] = buddy
-        if len(after) > MAX_BUDDIES:
-            raise TooManyBuddies(f"BUDDY_LIST: {len(after)} buddies, at most {MAX_BUDDIES}")
+        if len(after) > self.limit:
+            raise TooManyBuddies(f"BUDDY_LIST: {len(after)} buddies, at most {self.limit}")
         changes = _diff(self._entries, after)
         self._entries, self.version = after, answer.version
         return changes
@@ -288,7 +301,7 @@ def _kind(full: bool) -> str:
     return "full list" if full else "delta"
 
 
-def _is_version(value: object) -> bool:
+def _is_version(value: object) -> TypeGuard[int]:
     # bool is an int in Python; true is not a version.
     return type(value) is int and 0 <= value < _VERSION_LIMIT
 
@@ -308,13 +321,16 @@ def _diff(before: Mapping[str, Buddy], after: Mapping[str, Buddy]) -> list[Chang
 
 def _read_part(body: Mapping[str, Any]) -> _Part:
     try:
-        version, full, more = body["version"], body["full"], body["more"]
+        version, since = body["version"], body["since_version"]
+        full, more = body["full"], body["more"]
         entries = tuple(_read_entry(entry) for entry in body["entries"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BuddyListError(f"BUDDY_LIST: not a buddy list ({exc!r})") from None
-    if not _is_version(version) or not isinstance(full, bool) or not isinstance(more, bool):
-        raise BuddyListError(f"BUDDY_LIST: version {version!r}, full {full!r}, more {more!r}")
-    return _Part(version, full, more, entries)
+    if not _is_version(version) or not _is_version(since) or since > version:
+        raise BuddyListError(f"BUDDY_LIST: version {version!r} after {since!r}")
+    if not isinstance(full, bool) or not isinstance(more, bool):
+        raise BuddyListError(f"BUDDY_LIST: full {full!r}, more {more!r}")
+    return _Part(version, since, full, more, entries)
 
 
 def _read_entry(entry: Mapping[str, Any]) -> Buddy:

@@ -443,6 +443,7 @@ class Conversation:
                 MsgType.BUDDY_LIST,
                 {
                     "version": version,
+                    "since_version": since,
                     "full": since == 0,
                     "more": n < len(chunks) - 1,
                     "entries": [_buddy(entry) for entry in chunk],

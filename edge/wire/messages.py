@@ -727,6 +727,10 @@ BUDDY_LIST = MessageSpec(
     MsgType.BUDDY_LIST,
     Struct(
         "version" / Int64ub * "list version after applying these entries",
+        "since_version"
+        / Int64ub
+        * "a delta holds the changes after this version (0 for a whole list); a receiver "
+        "whose list is older cannot apply it and must sync from its own version",
         "full" / Bool8 * "1: the whole list; 0: only entries changed since since_version",
         "more" / Bool8 * "1: more BUDDY_LIST messages of this answer follow",
         "entries"
