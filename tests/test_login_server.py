@@ -402,3 +402,17 @@ async def _empty_password(w: World) -> None:
 
 
 test_an_empty_password_is_refused_cleanly = scenario(_empty_password, self_registration=True)
+
+
+async def _gone(w: World) -> None:
+    w.add_user("alice")
+    session = await w.login(device(), password="correct horse")
+    await w.server.stop(grace=1.0)
+    with pytest.raises(ServerError) as info:
+        await session.request(MsgType.BUDDY_SYNC, {"since_version": 0}, MsgType.BUDDY_LIST)
+    assert info.value.code is ErrorCode.UNAVAILABLE
+    with pytest.raises(ServerError):  # and again, now that the drop is known
+        await session.request(MsgType.BUDDY_SYNC, {"since_version": 0}, MsgType.BUDDY_LIST)
+
+
+test_a_vanished_server_is_a_remote_error_every_time = scenario(_gone)

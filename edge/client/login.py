@@ -70,6 +70,9 @@ class LoginSession:
         return await self.receive(*expect)
 
     def send(self, msg_type: MsgType, body: Mapping[str, Any]) -> None:
+        if self._session.closed:
+            # The server went away: a remote condition, the same as receive() reports.
+            raise ServerError("the connection to the login server is closed", ErrorCode.UNAVAILABLE)
         self._session.send(msg_type, body)
         self._adapter.poke()
 
