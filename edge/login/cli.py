@@ -179,7 +179,7 @@ def _user_add(args: argparse.Namespace) -> int:
         password_hash = Passwords(config.password_cost).hash(_read_password(args))
         store.add_user(args.user_id, password_hash, int(time.time()))
     except StoreUsageError as exc:
-        raise LocalError(f"user {args.user_id!r}: {exc}") from None
+        raise LocalError(str(exc)) from None
     finally:
         store.close()
     print(f"added user {args.user_id}")
