@@ -416,3 +416,49 @@ async def _gone(w: World) -> None:
 
 
 test_a_vanished_server_is_a_remote_error_every_time = scenario(_gone)
+
+
+async def _malformed(w: World) -> None:
+    # A peer that bypasses our encoder: a LOGIN_HELLO whose user id is not UTF-8,
+    # then one whose user id is longer than its cap, each inside a valid session.
+    from edge.crypto.cert import TrustStore as Trust
+    from edge.runtime.adapters import open_stream_client
+    from edge.session.events import SessionEstablished, SessionFailed
+    from edge.session.handshake import Identity
+    from edge.session.stream import StreamSession
+    from edge.wire.messages import encode as build
+
+    w.add_user("alice")
+    who = device()
+    good = build(
+        MsgType.LOGIN_HELLO,
+        {
+            "user_id": "alice",
+            "device_id": "desk-1",
+            "sign_key": who.keys.sign_public,
+            "dh_key": who.keys.dh_public,
+            "client_version": "x",
+        },
+    )
+    not_utf8 = good.replace(b"\x05alice", b"\x05al\xffce")
+    too_long = (
+        good[:6]
+        + (len(good) - 8 + 60).to_bytes(2, "big")
+        + good[8:].replace(b"\x05alice", b"\x41" + b"a" * 65)
+    )
+    for bad in (not_utf8, too_long):
+        events: asyncio.Queue[object] = asyncio.Queue()
+        stream = StreamSession(
+            Identity(who.keys, b""), Trust(), initiator=True, pinned_static=w.key
+        )
+        adapter = await open_stream_client(stream, *w.address, events.put_nowait)
+        assert isinstance(await asyncio.wait_for(events.get(), 5), SessionEstablished)
+        assert stream._transport is not None
+        stream._out += stream._transport.seal_frame(bad)
+        adapter.poke()
+        assert isinstance(await asyncio.wait_for(events.get(), 5), SessionFailed)
+        adapter.close()
+    (await w.login(who, password="correct horse")).close()  # the server is fine
+
+
+test_malformed_names_close_the_session_and_nothing_else = scenario(_malformed)
