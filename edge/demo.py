@@ -1,8 +1,10 @@
 """``edge demo``: the network on one machine, told in plain words.
 
-Today the demo is the foundation at work: a throw-away login key certifies a
-desk phone and a door intercom; each runs as its own process with its own UDP
-socket on loopback; the phone completes a Noise handshake with the intercom,
+Today: a throw-away login server (SQLite, random port) creates two accounts;
+a desk phone and a door intercom make their keys, enrol with the account
+password and renew with their device key alone; each then runs as its own
+process with its own UDP socket on loopback; the phone completes a Noise
+handshake with the intercom,
 each side verifying the other's certificate, then sends an encrypted message
 and gets an encrypted receipt back. Later the demo grows into the whole
 network: login server, supernode, agents with simulated buttons and audio.
@@ -14,6 +16,7 @@ and relays what they say, prefixed by who says it.
 
 import argparse
 import asyncio
+import logging
 import os
 import secrets
 import shutil
@@ -24,10 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.client.login import Credentials, login
 from edge.crypto.cert import TrustStore
-from edge.crypto.keys import DeviceKeys, IssuerKey
+from edge.crypto.keys import DeviceKeys
 from edge.errors import EdgeError, LocalError
-from edge.keytool import certify, describe, read_certificate
+from edge.keytool import describe, read_certificate
+from edge.login.cli import open_configured_store, server_keys
+from edge.login.config import LoginConfig
+from edge.login.passwords import PasswordCost, Passwords
+from edge.login.server import LoginServer
+from edge.login.store import Store
 from edge.runtime.adapters import open_datagram
 from edge.runtime.config import write_atomic
 from edge.runtime.loop import run
@@ -35,9 +44,11 @@ from edge.session.datagram import DatagramEndpoint
 from edge.session.events import MessageReceived, SessionEstablished, SessionFailed
 from edge.session.handshake import Identity
 from edge.wire.codes import MsgType
-from edge.wire.messages import ReceiptStatus
+from edge.wire.messages import ReceiptStatus, parse_certificate
 
 PEER_TIMEOUT = 20.0
+DEMO_COST = PasswordCost(ops=1, memory=8 << 20)
+"""The demo's passwords are throw-away; a real server keeps the interactive cost."""
 
 
 @dataclass(frozen=True)
@@ -78,30 +89,62 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _orchestrate(args: argparse.Namespace) -> int:
+    # The story is told in plain words below; the server's own log would interleave.
+    logging.getLogger("edge.login").setLevel(logging.WARNING)
     state = args.state or Path(tempfile.mkdtemp(prefix="edge-demo-"))
     state.mkdir(parents=True, exist_ok=True)
     try:
-        _provision(state)
+        await _provision(state)
         return await _run_peers(state, args.message)
     finally:
         if args.state is None:
             shutil.rmtree(state, ignore_errors=True)
 
 
-def _provision(state: Path) -> None:
+async def _provision(state: Path) -> None:
+    """A throw-away login server certifies both devices, as a real one would."""
     say("demo", f"state folder {state}")
-    issuer = IssuerKey.generate()
-    issuer.save(state / "issuer.key")
-    write_atomic(state / "issuer.pub", issuer.public.hex().encode(), mode=0o644)
-    say("login", f"made a throw-away login (issuer) key, id {issuer.key_id.hex()}")
-    for device in (PHONE, INTERCOM):
-        keys = DeviceKeys.generate()
-        keys.save(state / f"{device.name}.key")
-        raw = certify(issuer, keys, device.user_id, device.device_id, 3600)
-        write_atomic(state / f"{device.name}.cert", raw, mode=0o644)
-        say("login", f"certified {device.what} ({device.user_id}/{device.device_id}) for one hour:")
-        for line in describe(raw).splitlines():
-            say("login", line.strip())
+    config = LoginConfig(
+        listen=(("127.0.0.1", 0),),
+        state_dir=state / "login",
+        password_cost=DEMO_COST,
+    )
+    store = await asyncio.to_thread(open_configured_store, config)
+    keys = server_keys(config.state_dir)
+    server = LoginServer(config, store, keys)
+    (address,) = await server.start()
+    write_atomic(state / "issuer.pub", keys.issuer.public.hex().encode(), mode=0o644)
+    say("login", f"login server listening on TCP {address[0]}:{address[1]}")
+    say("login", f"its Noise key, which devices pin: {keys.noise.dh_public.hex()[:32]}...")
+    try:
+        for device in (PHONE, INTERCOM):
+            await _enrol(device, state, address, keys.noise.dh_public, store)
+    finally:
+        await server.stop(grace=2.0)
+        await asyncio.to_thread(store.close)
+
+
+async def _enrol(
+    device: Device, state: Path, address: tuple[str, int], server_key: bytes, store: Store
+) -> None:
+    password = secrets.token_urlsafe(12)
+    await asyncio.to_thread(
+        store.add_user, device.user_id, Passwords(DEMO_COST).hash(password), int(time.time())
+    )
+    say("login", f"account {device.user_id!r} created")
+    keys = DeviceKeys.generate()
+    keys.save(state / f"{device.name}.key")
+    who = Credentials(device.user_id, device.device_id, keys)
+    session = await login(address, server_key, who, password=password)
+    session.close()
+    first = parse_certificate(session.certificate).tbs.serial
+    say(device.name, f"made its keys; enrolled with the account password: certificate {first}")
+    renewed = await login(address, server_key, who)
+    renewed.close()
+    write_atomic(state / f"{device.name}.cert", renewed.certificate, mode=0o644)
+    say(device.name, "renewed it by signing a challenge with its device key (no password):")
+    for line in describe(renewed.certificate).splitlines():
+        say(device.name, line.strip())
 
 
 async def _run_peers(state: Path, message: str) -> int:

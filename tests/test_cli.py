@@ -77,6 +77,8 @@ def test_demo_runs_two_processes_to_a_receipt() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
+    assert "[   phone] made its keys; enrolled with the account password: certificate" in out
+    assert "[intercom] renewed it by signing a challenge with its device key (no password):" in out
     assert "[   phone] handshake complete" in out
     assert "peer is frontdoor/door-intercom" in out
     assert "[intercom] handshake complete: peer is alice/desk-phone" in out
