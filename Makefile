@@ -6,11 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-checked
+TEST_APT_STAMP := $(VENV)/.apt-test-checked
 
-# Debian packages: build headers for pyaudio, the runtime libraries we load, and
-# PostgreSQL, whose server the tests start (a throw-away cluster) and whose libpq
-# the PostgreSQL store uses.
-APT_PACKAGES := python3-venv python3-dev gcc portaudio19-dev libopus0 postgresql libpq5
+# Debian packages: build headers for pyaudio, and the libraries edge loads
+# (libopus for voice, libpq for the PostgreSQL store).
+APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libopus0 libpq5
+# Only for the tests and benchmarks: a PostgreSQL server they start themselves
+# (a throw-away cluster on a Unix socket).
+APT_TEST := postgresql
 
 .PHONY: demo test lint typecheck unit docs docs-check bench fuzz clean apt venv
 
@@ -26,20 +29,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(TEST_APT_STAMP)
 	$(BIN)/pytest -q
 
 docs: $(STAMP)
 	$(BIN)/python -m edge.wire.docgen > docs/PROTOCOL.md
 
-bench: $(STAMP)
+bench: $(STAMP) $(TEST_APT_STAMP)
 	$(BIN)/python -m bench
 
-fuzz: $(STAMP)
+fuzz: $(STAMP) $(TEST_APT_STAMP)
 	EDGE_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -m fuzz tests
 
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -49,7 +52,11 @@ apt:
 	fi
 
 $(APT_STAMP): Makefile
-	$(MAKE) apt
+	$(MAKE) apt PACKAGES="$(APT_RUNTIME)"
+	@mkdir -p $(VENV) && touch $@
+
+$(TEST_APT_STAMP): Makefile
+	$(MAKE) apt PACKAGES="$(APT_TEST)"
 	@mkdir -p $(VENV) && touch $@
 
 $(STAMP): pyproject.toml $(APT_STAMP)
