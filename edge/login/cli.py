@@ -27,6 +27,7 @@ from edge.login.passwords import Passwords
 from edge.login.server import LoginServer, ServerKeys
 from edge.login.store import Store
 from edge.runtime import notify
+from edge.runtime.config import parse_address
 from edge.runtime.loop import run
 
 
@@ -91,10 +92,10 @@ def configuration(args: argparse.Namespace) -> LoginConfig:
 
 
 def _parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise LocalError(f"--listen {text!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_address(text, any_port=True)
+    except ValueError as exc:
+        raise LocalError(f"--listen {text!r}: expected HOST:PORT ({exc})") from None
 
 
 def server_keys(state_dir: Path) -> ServerKeys:

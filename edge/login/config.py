@@ -77,17 +77,12 @@ def from_doc(doc: ConfigDoc) -> LoginConfig:
 
 
 def _listen(server: ConfigDoc) -> tuple[Address, ...]:
-    entries = server.get_list_of_str("listen", ["0.0.0.0:443"], max_items=32, max_length=300)
-    if not entries:
+    addresses = server.get_list_of_addresses(
+        "listen", [("0.0.0.0", 443)], max_items=32, any_port=True
+    )
+    if not addresses:
         raise server.error("listen", "expected at least one address")
-    return tuple(_address(server, text) for text in entries)
-
-
-def _address(server: ConfigDoc, text: str) -> Address:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
-        raise server.error("listen", f"{text!r} is not host:port")
-    return host.strip("[]"), int(port)
+    return tuple(addresses)
 
 
 def _with_passwords(config: LoginConfig, doc: ConfigDoc) -> LoginConfig:

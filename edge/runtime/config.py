@@ -517,6 +517,24 @@ class ConfigDoc:
             key, default, lambda path, value: _to_str_list(self, path, value, max_items, max_length)
         )
 
+    def get_list_of_addresses(
+        self,
+        key: KeyPath,
+        default: D | Literal[_Required.REQUIRED] = REQUIRED,
+        *,
+        max_items: int = MAX_ITEMS,
+        default_port: int | None = None,
+        any_port: bool = False,
+    ) -> list[Address] | D:
+        """An array of ``host:port`` strings; ``any_port`` admits port 0 (listeners)."""
+        return self._get(
+            key,
+            default,
+            lambda path, value: _to_address_list(
+                self, path, value, max_items, default_port, any_port
+            ),
+        )
+
     def get_table(self, key: KeyPath, *, required: bool = False) -> ConfigDoc:
         """A view of a sub-table. An absent optional table gives an empty view, on
         which accessors return their defaults and report missing keys."""
@@ -775,7 +793,34 @@ def _to_address(
         raise doc._value_error(path, f"expected host:port, got {_quote(text)} ({exc})") from None
 
 
-def _parse_address(text: str, default_port: int | None) -> Address:
+def _to_address_list(
+    doc: ConfigDoc,
+    path: tuple[Part, ...],
+    value: object,
+    max_items: int,
+    default_port: int | None,
+    any_port: bool,
+) -> list[Address]:
+    texts = _to_str_list(doc, path, value, max_items, 300)
+    out = []
+    for index, text in enumerate(texts):
+        try:
+            out.append(_parse_address(text, default_port, any_port))
+        except ValueError as exc:
+            raise doc._value_error(
+                (*path, index), f"expected host:port, got {_quote(text)} ({exc})"
+            ) from None
+    return out
+
+
+def parse_address(text: str, default_port: int | None = None, *, any_port: bool = False) -> Address:
+    """Split and check ``host:port`` (``[v6]:port``); raises ValueError with a short reason.
+
+    ``any_port`` admits port 0, which a listener reads as "any free port"."""
+    return _parse_address(text, default_port, any_port)
+
+
+def _parse_address(text: str, default_port: int | None, any_port: bool = False) -> Address:
     """Split and check ``host:port``; raises ValueError with a short reason."""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
@@ -791,10 +836,10 @@ def _parse_address(text: str, default_port: int | None) -> Address:
         host, sep, port_text_or_empty = text.partition(":")
         _check_host(host)
         port_text = port_text_or_empty if sep else None
-    return host, _parse_port(port_text, default_port)
+    return host, _parse_port(port_text, default_port, any_port)
 
 
-def _parse_port(text: str | None, default_port: int | None) -> int:
+def _parse_port(text: str | None, default_port: int | None, any_port: bool = False) -> int:
     if text is None:
         if default_port is None:
             raise ValueError("no port")
@@ -802,8 +847,9 @@ def _parse_port(text: str | None, default_port: int | None) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 5:
         raise ValueError("the port is not a number")
     port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError("the port is not from 1 to 65535")
+    lowest = 0 if any_port else 1
+    if not lowest <= port <= 65535:
+        raise ValueError(f"the port is not from {lowest} to 65535")
     return port
 
 
