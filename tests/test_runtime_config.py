@@ -577,3 +577,14 @@ def test_write_atomic_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"{path}: cannot write: File too large"
     assert path.read_bytes() == b"old content"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostcache.bin"]
+
+
+def test_list_of_addresses_names_the_bad_item() -> None:
+    doc = loads('[net]\nservers = ["198.18.0.1:3478", "[2001:db8::1]:443", "nohost"]\n', "a.toml")
+    with pytest.raises(ConfigValueError) as info:
+        doc.get_list_of_addresses("net.servers")
+    assert str(info.value).startswith("a.toml:2: key 'net.servers[2]': expected host:port")
+    ok = loads('listen = ["0.0.0.0:0", "[::]:443"]\n', "b.toml")
+    assert ok.get_list_of_addresses("listen", any_port=True) == [("0.0.0.0", 0), ("::", 443)]
+    with pytest.raises(ConfigValueError, match="from 1 to 65535"):
+        ok.get_list_of_addresses("listen")
