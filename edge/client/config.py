@@ -1,0 +1,153 @@
+"""The device agent's configuration: one TOML file, checked whole before anything starts.
+
+Every section and key is listed here with its default; an unknown key is a
+mistake (a typo would otherwise be silently ignored), and every wrong value is
+reported as ``FILE:LINE: key 'section.key': reason``. Paths are relative to the
+configuration file's folder.
+
+```toml
+[account]
+user_id = "alice"
+device_id = "desk-1"
+
+[login]
+address = "login.example.net:443"
+server_key = "<64 hex digits: the login server's Noise key, pinned>"
+issuer_key = "<64 hex digits: the key that signs certificates>"
+
+[supernodes]
+bootstrap = ["198.18.0.20:33033", "198.18.0.21:33033"]
+
+[[turn]]                       # optional standard TURN servers (relay fallback)
+uri = "turn:relay.example.net:3478?transport=udp"
+username = ""                  # empty: ask the login server for credentials
+password = ""
+
+[state]
+dir = "/var/lib/edge/agent"    # keys, certificate, host cache, buddy cache
+port = 0                       # 0: pick a random port at first start, then keep it
+
+[audio]
+capture = "default"
+playback = "default"
+rate = 16000
+echo_cancel = false
+
+[board]
+profile = ""                   # a board profile from hw/, or empty for none
+
+[policy]
+auto_answer = []               # user ids whose calls are answered at once
+supernode = "never"            # "never" | "auto" | "always": promotion is opt-in
+```
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.runtime.config import ConfigDoc, load
+from edge.sansio import Address
+
+SECTIONS = {"account", "login", "supernodes", "turn", "state", "audio", "board", "policy"}
+PROMOTION = ("never", "auto", "always")
+AUDIO_RATES = (8000, 16000, 32000, 44100, 48000)
+MAX_BOOTSTRAP = 200
+MAX_TURN = 8
+MAX_AUTO_ANSWER = 64
+ID_MAX = 64
+
+
+@dataclass(frozen=True)
+class TurnServer:
+    uri: str
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    user_id: str
+    device_id: str
+    login_address: Address
+    server_key: bytes
+    issuer_key: bytes
+    bootstrap: tuple[Address, ...] = ()
+    turn: tuple[TurnServer, ...] = ()
+    state_dir: Path = Path("/var/lib/edge/agent")
+    port: int = 0
+    capture: str = "default"
+    playback: str = "default"
+    rate: int = 16000
+    echo_cancel: bool = False
+    board_profile: Path | None = None
+    auto_answer: frozenset[str] = field(default_factory=frozenset)
+    supernode: str = "never"
+
+
+def read(path: Path) -> AgentConfig:
+    """The whole configuration, or the first error found in it."""
+    return from_doc(load(path))
+
+
+def from_doc(doc: ConfigDoc) -> AgentConfig:
+    doc.check_unknown(SECTIONS)
+    account = _section(doc, "account", {"user_id", "device_id"})
+    login = _section(doc, "login", {"address", "server_key", "issuer_key"})
+    state = _section(doc, "state", {"dir", "port"})
+    audio = _section(doc, "audio", {"capture", "playback", "rate", "echo_cancel"})
+    policy = _section(doc, "policy", {"auto_answer", "supernode"})
+    return AgentConfig(
+        user_id=account.get_str("user_id", min_length=1, max_length=ID_MAX),
+        device_id=account.get_str("device_id", min_length=1, max_length=ID_MAX),
+        login_address=login.get_address("address", default_port=443),
+        server_key=login.get_hex_bytes("server_key", 32),
+        issuer_key=login.get_hex_bytes("issuer_key", 32),
+        bootstrap=_bootstrap(doc),
+        turn=_turn(doc),
+        state_dir=state.get_path("dir", Path("/var/lib/edge/agent")),
+        port=state.get_int("port", 0, min=0, max=65535),
+        capture=audio.get_str("capture", "default", min_length=1, max_length=255),
+        playback=audio.get_str("playback", "default", min_length=1, max_length=255),
+        rate=_rate(audio),
+        echo_cancel=audio.get_bool("echo_cancel", False),
+        board_profile=_section(doc, "board", {"profile"}).get_path("profile", None),
+        auto_answer=frozenset(
+            policy.get_list_of_str("auto_answer", [], max_items=MAX_AUTO_ANSWER, max_length=ID_MAX)
+        ),
+        supernode=policy.get_enum("supernode", PROMOTION, "never"),
+    )
+
+
+def _section(doc: ConfigDoc, name: str, keys: set[str]) -> ConfigDoc:
+    table = doc.get_table(name)
+    table.check_unknown(keys)
+    return table
+
+
+def _bootstrap(doc: ConfigDoc) -> tuple[Address, ...]:
+    table = _section(doc, "supernodes", {"bootstrap"})
+    return tuple(table.get_list_of_addresses("bootstrap", [], max_items=MAX_BOOTSTRAP))
+
+
+def _turn(doc: ConfigDoc) -> tuple[TurnServer, ...]:
+    servers = []
+    for table in doc.get_tables("turn", max_items=MAX_TURN):
+        table.check_unknown({"uri", "username", "password"})
+        uri = table.get_str("uri", min_length=6, max_length=255)
+        if not uri.startswith(("turn:", "turns:")):
+            raise table.error("uri", f"expected a turn: or turns: URI (RFC 7065), got {uri!r}")
+        servers.append(
+            TurnServer(
+                uri,
+                table.get_str("username", "", max_length=128),
+                table.get_str("password", "", max_length=128),
+            )
+        )
+    return tuple(servers)
+
+
+def _rate(audio: ConfigDoc) -> int:
+    rate = audio.get_int("rate", 16000)
+    if rate not in AUDIO_RATES:
+        raise audio.error("rate", f"expected one of {', '.join(map(str, AUDIO_RATES))}, got {rate}")
+    return rate
