@@ -1,0 +1,58 @@
+"""Errors of the STUN package: what the parsers say about bad bytes, and misuse.
+
+Parsing untrusted bytes raises only a :class:`StunError` subclass, each with the
+:class:`~edge.wire.codes.ErrorCode` an edge ERROR message would carry; the text
+names the attribute at fault. A failed MESSAGE-INTEGRITY or FINGERPRINT check is
+also a remote error (:class:`IntegrityError`, :class:`FingerprintError`).
+Building from bad values, or preparing an unusable password, is the caller's bug
+and raises :class:`StunBuildError` or :class:`CredentialError`.
+"""
+
+from edge.errors import LocalError, RemoteError
+from edge.wire.codes import ErrorCode
+
+
+class StunError(RemoteError):
+    """Received bytes are not a valid STUN or ChannelData message."""
+
+    code = ErrorCode.MALFORMED
+
+
+class StunTruncated(StunError):
+    """The data ends before the header, or before what a length field announces."""
+
+    code = ErrorCode.TRUNCATED
+
+
+class StunOversized(StunError):
+    """A length or a count is above its cap (message size, attribute count, a value)."""
+
+    code = ErrorCode.OVERSIZED
+
+
+class NotStun(StunError):
+    """The first two bits are not zero or the magic cookie is wrong: not STUN at all."""
+
+    code = ErrorCode.BAD_MAGIC
+
+
+class IntegrityError(StunError):
+    """MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 is missing or does not verify."""
+
+    code = ErrorCode.BAD_MAC
+
+
+class FingerprintError(StunError):
+    """FINGERPRINT is missing or does not match the message."""
+
+    code = ErrorCode.BAD_MAC
+
+
+class StunBuildError(LocalError):
+    """A message or attribute value given to a builder cannot be encoded."""
+
+    code = ErrorCode.MALFORMED
+
+
+class CredentialError(LocalError):
+    """A username, realm or password cannot be prepared for a key (RFC 8265)."""
