@@ -1,0 +1,163 @@
+"""An adaptive jitter buffer: frames in as they arrive, one frame out per playout tick.
+
+Sans-IO. The network side calls :meth:`JitterBuffer.push` with each media
+frame and the time it arrived; the audio side calls :meth:`pop` once per
+frame period (every 20 ms, from the sound card's clock) and gets one
+:class:`Play` (decode this payload), :class:`Conceal` (the frame is lost:
+run packet-loss concealment, or decode ``fec`` — the next packet, which
+carries the lost frame's in-band FEC copy) or :class:`Wait` (nothing to play
+yet: play silence, the call is starting or a talkspurt has not arrived).
+
+How much to hold: for every frame, its *lateness* is how much later it came
+than the earliest-ever frame would predict from the timestamps (arrival time
+minus media time, minus the smallest such difference seen in the window).
+The target delay is the 95th percentile of lateness over the last 200 frames
+plus one frame, between ``min_delay`` and ``max_delay``: it grows at once
+when the network gets worse, and shrinks slowly as good frames push the bad
+ones out of the window.
+
+Clock drift and adaptation: when more is buffered than the target plus two
+frames, the oldest frame is dropped (one 20 ms frame now and then, which
+concealment smooths over); when the buffer runs dry it waits to rebuild its
+target delay, as at the start of a talkspurt. So two sound cards whose
+clocks differ by 0.1 % never build up delay: the buffer sheds a frame every
+twenty seconds instead of growing by one.
+"""
+
+from collections import deque
+from dataclasses import dataclass
+
+from edge.errors import LocalError
+
+SEQUENCE_SPACE = 1 << 16
+WINDOW = 200
+
+
+@dataclass(frozen=True)
+class Play:
+    sequence: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Conceal:
+    sequence: int
+    fec: bytes | None
+    """The next frame's payload when it is already here: decode its FEC for this one."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to play yet."""
+
+
+Playout = Play | Conceal | Wait
+
+
+class JitterBuffer:
+    """Frames of one stream, reordered and paced for playout."""
+
+    def __init__(
+        self,
+        *,
+        frame: float = 0.020,
+        clock_rate: int = 16000,
+        min_delay: float = 0.020,
+        max_delay: float = 0.300,
+        capacity: int = 64,
+    ) -> None:
+        if not 0 < min_delay <= max_delay or frame <= 0 or capacity < 4:
+            raise LocalError("jitter buffer: bad frame, delay bounds or capacity")
+        self.frame, self.clock_rate = frame, clock_rate
+        self.min_delay, self.max_delay, self.capacity = min_delay, max_delay, capacity
+        self._frames: dict[int, bytes] = {}
+        self._next: int | None = None
+        self._lateness: deque[float] = deque(maxlen=WINDOW)
+        self._transit: deque[float] = deque(maxlen=WINDOW)
+        self._first_arrival: float | None = None
+        self.stats = {"late": 0, "duplicate": 0, "overflow": 0, "dropped": 0, "concealed": 0}
+
+    @property
+    def target(self) -> float:
+        """The delay the buffer aims to hold, in seconds."""
+        if not self._lateness:
+            return self.min_delay
+        ordered = sorted(self._lateness)
+        p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+        return min(self.max_delay, max(self.min_delay, p95 + self.frame))
+
+    @property
+    def buffered(self) -> float:
+        """Seconds of audio held, counted from the next frame to play."""
+        return len(self._frames) * self.frame
+
+    def push(self, sequence: int, timestamp: int, payload: bytes, now: float) -> None:
+        """Take one arrived frame (``timestamp`` in samples of ``clock_rate``)."""
+        sequence %= SEQUENCE_SPACE
+        self._measure(timestamp, now)
+        if self._next is not None and _behind(sequence, self._next):
+            self.stats["late"] += 1
+            return
+        if sequence in self._frames:
+            self.stats["duplicate"] += 1
+            return
+        if len(self._frames) >= self.capacity:
+            self.stats["overflow"] += 1
+            self._skip_oldest()
+        self._frames[sequence] = payload
+        if self._first_arrival is None:
+            self._first_arrival = now
+
+    def pop(self, now: float) -> Playout:
+        """The next frame period's audio."""
+        if self._next is None:
+            return self._start(now)
+        self._shed_excess()
+        sequence = self._next
+        payload = self._frames.pop(sequence, None)
+        self._next = (sequence + 1) % SEQUENCE_SPACE
+        if payload is not None:
+            return Play(sequence, payload)
+        if not self._frames:
+            # Dry: nothing newer either. Restart like a new talkspurt.
+            self._next, self._first_arrival = None, None
+            return Wait()
+        self.stats["concealed"] += 1
+        return Conceal(sequence, self._frames.get(self._next))
+
+    def _start(self, now: float) -> Playout:
+        if not self._frames or self._first_arrival is None:
+            return Wait()
+        if now - self._first_arrival < self.target:
+            return Wait()
+        self._next = self._oldest()
+        return self.pop(now)
+
+    def _shed_excess(self) -> None:
+        while self.buffered > self.target + 2 * self.frame and len(self._frames) > 1:
+            self._skip_oldest()
+            self.stats["dropped"] += 1
+
+    def _skip_oldest(self) -> None:
+        oldest = self._oldest()
+        del self._frames[oldest]
+        if self._next is not None:
+            # Whatever was missing before it is skipped with it.
+            self._next = (oldest + 1) % SEQUENCE_SPACE
+
+    def _oldest(self) -> int:
+        # Order around any held frame; all held frames lie within half the
+        # sequence space of each other, so this is exact across the wrap.
+        anchor = next(iter(self._frames))
+        half = SEQUENCE_SPACE // 2
+        return min(self._frames, key=lambda s: (s - anchor + half) % SEQUENCE_SPACE)
+
+    def _measure(self, timestamp: int, now: float) -> None:
+        transit = now - timestamp / self.clock_rate
+        self._transit.append(transit)
+        self._lateness.append(transit - min(self._transit))
+
+
+def _behind(sequence: int, reference: int) -> bool:
+    """Whether ``sequence`` comes before ``reference`` (modulo 2^16, RFC 1982 style)."""
+    return 0 < (reference - sequence) % SEQUENCE_SPACE < SEQUENCE_SPACE // 2
