@@ -14,12 +14,14 @@ class Figure:
     unit: str
     reference: str = ""
     reference_rate: float | None = None
+    decimals: int = 0
 
     def line(self) -> str:
-        text = f"{self.name:<48} {self.rate:>14,.0f} {self.unit}"
+        places = self.decimals
+        text = f"{self.name:<48} {self.rate:>14,.{places}f} {self.unit}"
         if self.reference_rate is not None:
             ratio = self.rate / self.reference_rate if self.reference_rate else 0.0
-            text += f"   ({self.reference}: {self.reference_rate:,.0f}, ratio {ratio:.2f})"
+            text += f"   ({self.reference}: {self.reference_rate:,.{places}f}, ratio {ratio:.2f})"
         return text
 
 
