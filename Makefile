@@ -10,10 +10,11 @@ TEST_APT_STAMP := $(VENV)/.apt-test-checked
 
 # Debian packages: build headers for pyaudio, and the libraries edge loads
 # (libopus for voice, libpq for the PostgreSQL store).
-APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libopus0 libpq5
+APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libopus0 libsamplerate0 libpq5
 # Only for the tests and benchmarks: a PostgreSQL server they start themselves
-# (a throw-away cluster on a Unix socket).
-APT_TEST := postgresql
+# (a throw-away cluster on a Unix socket), and coturn, whose turnserver the STUN
+# interop tests start on 127.0.0.1.
+APT_TEST := postgresql coturn
 
 .PHONY: demo test lint typecheck unit docs docs-check bench fuzz clean apt venv
 
