@@ -156,6 +156,10 @@ SIGNED_REVOCATIONS_HEX = REVOCATIONS_HEX + "99" * 64  # 114 bytes
 
 TURN_URI = "turn:198.18.0.20:3478?transport=udp"  # RFC 7065, 35 bytes
 
+DHT_KEY = b"\xcd" * 32
+NEAR_NODE = {"node_id": b"\x11" * 32, "address": ("198.18.0.1", 3478)}
+FAR_NODE = {"node_id": b"\x22" * 32, "address": ("2001:db8::1", 40000)}
+
 IM_TEXT = "h\u00e9llo \u2713"  # h, e-acute (c3 a9), llo, space, check mark (e2 9c 93)
 
 # type: (body, flags, expected hex)
@@ -316,6 +320,65 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
             "05 616c696365 05 416c696365 01",
             "02 616c 00 00",
         ),
+    ),
+    MsgType.DHT_PING: (
+        {"request_id": 0x01020304},
+        0,
+        h("ed9e 01 25 0000 0004", "01020304"),
+    ),
+    MsgType.DHT_PONG: (
+        {"request_id": 0x01020304},
+        0,
+        h("ed9e 01 26 0000 0004", "01020304"),
+    ),
+    MsgType.DHT_FIND_NODE: (
+        {"request_id": 7, "key": bytes(range(32))},
+        0,
+        h(
+            "ed9e 01 27 0000 0024",
+            "00000007",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        ),  # 4 + 32 = 36
+    ),
+    MsgType.DHT_FIND_VALUE: (
+        {"request_id": 8, "key": DHT_KEY},
+        0,
+        h("ed9e 01 28 0000 0024", "00000008", "cd" * 32),
+    ),
+    MsgType.DHT_NODES: (
+        {"request_id": 7, "contacts": [NEAR_NODE, FAR_NODE]},
+        0,
+        h(
+            "ed9e 01 29 0000 005f",  # 4 + 1 + (32 + 7) + (32 + 19) = 95
+            "00000007",
+            "02",  # two contacts, u8 count
+            "11" * 32,
+            "04 c6120001 0d96",  # 198.18.0.1:3478
+            "22" * 32,
+            "06 20010db8000000000000000000000001 9c40",  # [2001:db8::1]:40000
+        ),
+    ),
+    MsgType.DHT_VALUES: (
+        {"request_id": 8, "records": [bytes.fromhex(SIGNED_RECORD_HEX), b""]},
+        0,
+        h(
+            "ed9e 01 2a 0000 0079",  # 4 + 1 + (2 + 112) + 2 = 121
+            "00000008",
+            "02",  # two records, u8 count
+            "0070",  # 112 bytes, u16 prefix
+            SIGNED_RECORD_HEX,
+            "0000",  # an empty record: the wire carries it, the validator refuses it
+        ),
+    ),
+    MsgType.DHT_STORE: (
+        {"request_id": 9, "key": DHT_KEY, "record": bytes.fromhex(SIGNED_RECORD_HEX)},
+        0,
+        h("ed9e 01 2b 0000 0096", "00000009", "cd" * 32, "0070", SIGNED_RECORD_HEX),  # 150
+    ),
+    MsgType.DHT_STORED: (
+        {"request_id": 9, "code": ErrorCode.REPLAYED},
+        0,
+        h("ed9e 01 2c 0000 0006", "00000009", "0021"),
     ),
     MsgType.BUDDY_OP: (
         {"op": BuddyOp.ADD_REQUEST, "user_id": "bob", "note": "hi"},
@@ -603,6 +666,21 @@ def test_candidate_by_struct_pack() -> None:
     address = struct.pack(">B4sH", 4, bytes([192, 168, 1, 10]), 5000)
     candidate = struct.pack(">BBII", 1, 1, (126 << 24) + (65535 << 8) + 255, 1) + address + b"\0"
     assert candidate.hex() == HOST_CANDIDATE_HEX
+
+
+def test_dht_nodes_by_struct_pack() -> None:
+    near = struct.pack(">32sB4sH", b"\x11" * 32, 4, bytes([198, 18, 0, 1]), 3478)
+    far = struct.pack(
+        ">32sB16sH", b"\x22" * 32, 6, bytes.fromhex("20010db8" + "00" * 11 + "01"), 40000
+    )
+    body = struct.pack(">IB", 7, 2) + near + far
+    assert encode(MsgType.DHT_NODES, GOLDEN[MsgType.DHT_NODES][0])[8:] == body
+
+
+def test_dht_store_by_struct_pack() -> None:
+    record = bytes.fromhex(SIGNED_RECORD_HEX)
+    body = struct.pack(">I32sH", 9, b"\xcd" * 32, len(record)) + record
+    assert encode(MsgType.DHT_STORE, GOLDEN[MsgType.DHT_STORE][0])[8:] == body
 
 
 def test_revocation_list_by_struct_pack() -> None:

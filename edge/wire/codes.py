@@ -46,6 +46,15 @@ class MsgType(IntEnum):
     PRESENCE_RESULT = 0x22
     SEARCH = 0x23
     SEARCH_RESULT = 0x24
+    # Supernode overlay (Kademlia RPCs between supernodes) - 0x25 to 0x2C
+    DHT_PING = 0x25
+    DHT_PONG = 0x26
+    DHT_FIND_NODE = 0x27
+    DHT_FIND_VALUE = 0x28
+    DHT_NODES = 0x29
+    DHT_VALUES = 0x2A
+    DHT_STORE = 0x2B
+    DHT_STORED = 0x2C
     # Buddy list - 0x3_
     BUDDY_OP = 0x30
     BUDDY_SYNC = 0x31

@@ -107,6 +107,12 @@ DEVICE_CERTIFICATES_MAX = 16
 """Devices of one user whose certificates one DEVICE_KEYS answer can carry."""
 
 MAILBOX_ACK_MAX = 32
+DHT_CONTACTS_MAX = 20
+"""Contacts per DHT_NODES: Kademlia's k, the size of a bucket and of a lookup's answer."""
+
+DHT_RECORDS_MAX = 8
+"""Records per DHT_VALUES: the slots one key holds (one per device of a user)."""
+
 RELAY_USERNAME_MAX = 128
 RELAY_PASSWORD_MAX = 64
 TRANSPORT_FIXED = 12
@@ -345,6 +351,17 @@ SignedPresenceRecord = Struct(
     "signature" / Signature64 * "Ed25519 by the certificate's sign_key over the record bytes",
 )
 
+DHT_RECORD_MAX = size_range(SignedPresenceRecord)[1]
+"""Bytes of one record the overlay stores: the largest SignedPresenceRecord."""
+
+DhtId = Bytes(32)
+"""A 256-bit overlay node id or key, big-endian (Kademlia §2.1, with 256 bits for 160)."""
+
+NodeContact = Struct(
+    "node_id" / DhtId * "the node's id: BLAKE2b-256 of its Noise static public key",
+    "address" / Address * "where the node takes overlay traffic",
+)
+
 RevocationList = Struct(
     "issuer_key_id" / Bytes(8) * "the login-server key that signs the list (and the certificates)",
     "version" / Int64ub * "grows with every revocation; a higher version replaces a lower",
@@ -406,6 +423,14 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         SignedPresenceRecord,
         "RFC 8032 §5.1.6 (Ed25519 signature)",
         "A PresenceRecord with its owner's signature over the record's encoded bytes.",
+    ),
+    StructureSpec(
+        "NodeContact",
+        NodeContact,
+        "Kademlia (Maymounkov and Mazieres, 2002) §2.2 (the <IP address, port, node id> triple)",
+        "A supernode as the overlay knows it: what k-buckets hold and DHT_NODES carries. "
+        "The id is not checked against the address here: a node proves its id when a "
+        "session with it completes, since the id is the hash of its static key.",
     ),
     StructureSpec(
         "RevocationList",
@@ -702,6 +727,94 @@ SEARCH_RESULT = MessageSpec(
     ),
     "edge directory search (no external spec)",
     "Users matching a SEARCH.",
+)
+
+DHT_PING = MessageSpec(
+    MsgType.DHT_PING,
+    Struct("request_id" / Int32ub * "chosen by the sender, echoed in the DHT_PONG"),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (PING), §2.2 (probing a bucket's oldest)",
+    "Is this supernode alive? Sent between supernodes, inside a Noise session, which "
+    "authenticates the sender and so its node id. Answered with DHT_PONG.",
+)
+
+DHT_PONG = MessageSpec(
+    MsgType.DHT_PONG,
+    Struct("request_id" / Int32ub * "from the DHT_PING"),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (PING)",
+    "The answer to DHT_PING: the sender is alive and stays in the asker's k-bucket.",
+)
+
+DHT_FIND_NODE = MessageSpec(
+    MsgType.DHT_FIND_NODE,
+    Struct(
+        "request_id" / Int32ub * "chosen by the sender, echoed in the DHT_NODES",
+        "key" / DhtId * "the id whose closest nodes are wanted",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (FIND_NODE), §2.1 (XOR distance)",
+    "Asks for the k nodes the receiver knows closest to key by XOR distance, one step "
+    "of an iterative lookup. Answered with DHT_NODES.",
+)
+
+DHT_FIND_VALUE = MessageSpec(
+    MsgType.DHT_FIND_VALUE,
+    Struct(
+        "request_id" / Int32ub * "chosen by the sender, echoed in the answer",
+        "key" / DhtId * "the key whose records are wanted, e.g. a user's presence key",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (FIND_VALUE)",
+    "Asks for the records held under key. Answered with DHT_VALUES when the receiver "
+    "holds any, else with DHT_NODES, as for DHT_FIND_NODE.",
+)
+
+DHT_NODES = MessageSpec(
+    MsgType.DHT_NODES,
+    Struct(
+        "request_id" / Int32ub * "from the DHT_FIND_NODE or DHT_FIND_VALUE",
+        "contacts"
+        / Array(DHT_CONTACTS_MAX, NodeContact)
+        * "the closest nodes to the key the sender knows, at most k",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (FIND_NODE), §2.4 (k closest)",
+    "Contacts that bring a lookup closer to its key. The receiver learns them as "
+    "candidates; each proves its id only when a session with it completes.",
+)
+
+DHT_VALUES = MessageSpec(
+    MsgType.DHT_VALUES,
+    Struct(
+        "request_id" / Int32ub * "from the DHT_FIND_VALUE",
+        "records"
+        / Array(DHT_RECORDS_MAX, Blob(DHT_RECORD_MAX))
+        * "the records held under the key, each a SignedPresenceRecord's exact bytes",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (FIND_VALUE); RFC 8032 §5.1.6 (signatures)",
+    "The records held under a key, at most one per slot. The overlay does not trust the "
+    "sender: the receiver checks each record's signature and certificate before using it.",
+)
+
+DHT_STORE = MessageSpec(
+    MsgType.DHT_STORE,
+    Struct(
+        "request_id" / Int32ub * "chosen by the sender, echoed in the DHT_STORED",
+        "key" / DhtId * "the key to keep the record under",
+        "record" / Blob(DHT_RECORD_MAX) * "a SignedPresenceRecord's exact bytes",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (STORE), §2.5 (republishing)",
+    "Asks the receiver to keep a record under key, replacing an older sequence in the "
+    "same slot. Sent to the k closest nodes a lookup found, and again by every holder "
+    "each hour. Answered with DHT_STORED.",
+)
+
+DHT_STORED = MessageSpec(
+    MsgType.DHT_STORED,
+    Struct(
+        "request_id" / Int32ub * "from the DHT_STORE",
+        "code"
+        / EnumField(ErrorCode, 2)
+        * "OK, or why the record was refused (FORBIDDEN, REPLAYED, OVERSIZED, BUSY)",
+    ),
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (STORE)",
+    "The outcome of a DHT_STORE.",
 )
 
 BUDDY_OP = MessageSpec(
@@ -1011,6 +1124,14 @@ SPECS: dict[MsgType, MessageSpec] = {
         PRESENCE_RESULT,
         SEARCH,
         SEARCH_RESULT,
+        DHT_PING,
+        DHT_PONG,
+        DHT_FIND_NODE,
+        DHT_FIND_VALUE,
+        DHT_NODES,
+        DHT_VALUES,
+        DHT_STORE,
+        DHT_STORED,
         BUDDY_OP,
         BUDDY_SYNC,
         BUDDY_LIST,
