@@ -5,8 +5,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.pg import Cluster, running_cluster
+
+# Property tests check behaviour, not speed: a busy CI machine must not turn
+# a slow example into a failure (speed lives in bench/).
+settings.register_profile("edge", deadline=None)
+settings.load_profile("edge")
 
 
 @pytest.fixture(scope="session")

@@ -165,6 +165,10 @@ VALUES: dict[AttrType, st.SearchStrategy[Any]] = {
     AttrType.ICMP: st.builds(
         IcmpValue, st.integers(0, 0x1FF), st.integers(0, 0x7F), st.integers(0, 0xFFFFFFFF)
     ),
+    AttrType.PRIORITY: st.integers(0, 0xFFFFFFFF),
+    AttrType.USE_CANDIDATE: st.none(),
+    AttrType.ICE_CONTROLLED: st.integers(0, (1 << 64) - 1),
+    AttrType.ICE_CONTROLLING: st.integers(0, (1 << 64) - 1),
 }
 
 ATTRIBUTE = st.sampled_from(sorted(VALUES)).flatmap(
@@ -320,6 +324,68 @@ def test_fixed_sizes_are_checked(kind: AttrType, size: int) -> None:
 def test_dont_fragment_with_a_value_is_malformed() -> None:
     with pytest.raises(StunError, match="DONT-FRAGMENT: 4 bytes, expected 0"):
         parse(message_of(tlv(AttrType.DONT_FRAGMENT, bytes(4))))
+
+
+def test_use_candidate_with_a_value_is_malformed() -> None:
+    with pytest.raises(StunError, match="USE-CANDIDATE: 4 bytes, expected 0"):
+        parse(message_of(tlv(AttrType.USE_CANDIDATE, bytes(4))))
+
+
+# --- ICE (RFC 8445 §16.1) -------------------------------------------------------------
+
+
+def test_ice_attributes_golden() -> None:
+    prflx = (110 << 24) + (65535 << 8) + 255  # peer-reflexive priority, RFC 8445 §5.1.2.1
+    attributes: list[tuple[int, Any]] = [
+        (AttrType.PRIORITY, prflx),
+        (AttrType.USE_CANDIDATE, None),
+        (AttrType.ICE_CONTROLLING, 0x0123456789ABCDEF),
+        (AttrType.ICE_CONTROLLED, 0xFEDCBA9876543210),
+    ]
+    expected = bytes.fromhex(
+        "0024 0004 6effffff"  # PRIORITY, u32
+        "0025 0000"  # USE-CANDIDATE, no value
+        "802a 0008 0123456789abcdef"  # ICE-CONTROLLING, u64 tie-breaker
+        "8029 0008 fedcba9876543210"  # ICE-CONTROLLED, u64 tie-breaker
+    )
+    data = build(Message(Method.BINDING, Class.REQUEST, TID, attributes))
+    assert data[20:] == expected
+    assert parse(data).attributes == attributes
+
+
+def test_ice_attributes_are_understood() -> None:
+    kinds = [AttrType.PRIORITY, AttrType.USE_CANDIDATE]
+    data = message_of(tlv(kinds[0], bytes(4)), tlv(kinds[1], b""))
+    assert parse(data).unknown_required == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "match"),
+    [
+        (AttrType.PRIORITY, 8, "PRIORITY: 4 unexpected bytes at the end"),
+        (AttrType.PRIORITY, 2, "PRIORITY: malformed value"),
+        (AttrType.ICE_CONTROLLED, 4, "ICE-CONTROLLED: malformed value"),
+        (AttrType.ICE_CONTROLLING, 12, "ICE-CONTROLLING: 4 unexpected bytes at the end"),
+    ],
+)
+def test_ice_number_sizes_are_checked(kind: AttrType, size: int, match: str) -> None:
+    with pytest.raises(StunError, match=match):
+        parse(message_of(tlv(kind, bytes(size))))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        (AttrType.PRIORITY, 1 << 32),
+        (AttrType.PRIORITY, -1),
+        (AttrType.ICE_CONTROLLING, 1 << 64),
+        (AttrType.ICE_CONTROLLED, True),
+        (AttrType.USE_CANDIDATE, 0),
+    ],
+)
+def test_ice_values_are_checked_on_build(kind: AttrType, value: Any) -> None:
+    with pytest.raises(StunBuildError, match=kind.name.replace("_", "-")):
+        build(Message(Method.BINDING, Class.REQUEST, TID, [(kind, value)]))
 
 
 def test_unknown_attributes_odd_length_is_malformed() -> None:

@@ -143,8 +143,8 @@ def test_our_client_against_our_server_on_uvloop() -> None:
 # ------------------------------------------------------ byte level, both ways
 
 
-def test_an_aioice_ice_check_parses_with_our_codec() -> None:
-    key = b"pass"
+def aioice_ice_check(key: bytes, **ice: Any) -> bytes:
+    """An ICE connectivity check as aioice sends it (RFC 8445 §7.1.1), with integrity."""
     request = aioice_stun.Message(
         message_method=aioice_stun.Method.BINDING,
         message_class=aioice_stun.Class.REQUEST,
@@ -152,13 +152,18 @@ def test_an_aioice_ice_check_parses_with_our_codec() -> None:
         attributes={
             "USERNAME": "remote:local",
             "PRIORITY": 1853824767,
-            "ICE-CONTROLLING": 0x0102030405060708,
+            **ice,
             "SOFTWARE": "aioice",
         },
     )
     request.add_message_integrity(key)
     request.add_fingerprint()
-    data = bytes(request)
+    return bytes(request)
+
+
+def test_an_aioice_ice_check_parses_with_our_codec() -> None:
+    key = b"pass"
+    data = aioice_ice_check(key, **{"ICE-CONTROLLING": 0x0102030405060708})
     message = parse(data)
     assert (message.method, message.cls, message.transaction_id) == (
         Method.BINDING,
@@ -167,12 +172,33 @@ def test_an_aioice_ice_check_parses_with_our_codec() -> None:
     )
     assert message.get(AttrType.USERNAME) == "remote:local"
     assert message.get(AttrType.SOFTWARE) == "aioice"
-    assert message.get(0x0024) == (1853824767).to_bytes(4, "big")  # PRIORITY: not ours
-    assert message.get(0x802A) == bytes(range(1, 9))  # ICE-CONTROLLING: not ours
-    assert message.unknown_required == [0x0024]
+    assert message.get(AttrType.PRIORITY) == 1853824767
+    assert message.get(AttrType.ICE_CONTROLLING) == 0x0102030405060708
+    assert message.unknown_required == []
     check_integrity(data, key)
     check_fingerprint(data)
     assert build(message) == data
+
+
+def test_an_aioice_nomination_parses_with_our_codec() -> None:
+    data = aioice_ice_check(b"pass", **{"USE-CANDIDATE": None, "ICE-CONTROLLED": (1 << 64) - 1})
+    message = parse(data)
+    assert message.get(AttrType.USE_CANDIDATE) is None
+    assert (AttrType.USE_CANDIDATE, None) in message.attributes
+    assert message.get(AttrType.ICE_CONTROLLED) == (1 << 64) - 1
+    assert message.unknown_required == []
+    assert build(message) == data
+
+
+def test_our_binding_server_answers_an_aioice_ice_check() -> None:
+    data = aioice_ice_check(b"pass", **{"USE-CANDIDATE": None, "ICE-CONTROLLING": 7})
+    server = BindingServer()
+    answer = our_answer(server, data, ("192.0.2.1", 32853))
+    response = aioice_stun.parse_message(answer)  # checks FINGERPRINT
+    assert response.message_class == aioice_stun.Class.RESPONSE
+    assert response.transaction_id == TID
+    assert response.attributes["XOR-MAPPED-ADDRESS"] == ("192.0.2.1", 32853)
+    assert server.counts == {Outcome.SUCCESS: 1}
 
 
 def test_an_aioice_response_parses_with_our_codec() -> None:

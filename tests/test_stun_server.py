@@ -147,11 +147,11 @@ def test_other_methods_get_400(method: int) -> None:
 
 def test_unknown_comprehension_required_attributes_get_420() -> None:
     server = BindingServer()
-    data = request((0x7F01, b"x"), (0xC001, b"optional"), (0x0024, bytes(4)), (0x7F01, b"y"))
+    data = request((0x7F01, b"x"), (0xC001, b"optional"), (0x0031, bytes(4)), (0x7F01, b"y"))
     response = exchange(server, data)
     assert response.cls is Class.ERROR
     assert response.get(AttrType.ERROR_CODE) == ErrorValue(420, "Unknown Attribute")
-    assert response.get(AttrType.UNKNOWN_ATTRIBUTES) == [0x7F01, 0x0024]
+    assert response.get(AttrType.UNKNOWN_ATTRIBUTES) == [0x7F01, 0x0031]
     assert server.counts == {Outcome.UNKNOWN_ATTRIBUTE: 1}
 
 

@@ -104,13 +104,13 @@ def test_mapped_address_matches_the_file(vector: dict[str, Any]) -> None:
     assert address == (vector["mapped_address"], vector["mapped_port"])
 
 
-def test_sample_request_username_and_unknown_ice_attributes() -> None:
+def test_sample_request_username_and_ice_attributes() -> None:
     message = parse(raw(VECTORS[0]))
     assert message.get(AttrType.USERNAME) == VECTORS[0]["username"]
-    # PRIORITY (0x0024) and ICE-CONTROLLED (0x8029) are ICE's, not ours: kept raw.
-    assert message.get(0x0024) == bytes.fromhex("6e0001ff")
-    assert message.get(0x8029) == bytes.fromhex("932ff9b151263b36")
-    assert message.unknown_required == [0x0024]
+    # PRIORITY and ICE-CONTROLLED, RFC 8445 §16.1, decoded.
+    assert message.get(AttrType.PRIORITY) == 0x6E0001FF
+    assert message.get(AttrType.ICE_CONTROLLED) == 0x932FF9B151263B36
+    assert message.unknown_required == []
 
 
 def test_sample_request_keeps_its_space_padding() -> None:

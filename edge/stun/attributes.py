@@ -42,6 +42,7 @@ from construct import (
     Int8ub,
     Int16ub,
     Int32ub,
+    Int64ub,
     Prefixed,
     Struct,
     Switch,
@@ -67,7 +68,7 @@ MAX_DOMAIN = 255
 
 
 class AttrType(IntEnum):
-    """Attribute type codes: RFC 8489 §18.3, RFC 5780 §7, RFC 8656 §18."""
+    """Attribute type codes: RFC 8489 §18.3, RFC 5780 §7, RFC 8656 §18, RFC 8445 §16.1."""
 
     MAPPED_ADDRESS = 0x0001
     CHANGE_REQUEST = 0x0003
@@ -91,6 +92,8 @@ class AttrType(IntEnum):
     USERHASH = 0x001E
     XOR_MAPPED_ADDRESS = 0x0020
     RESERVATION_TOKEN = 0x0022
+    PRIORITY = 0x0024
+    USE_CANDIDATE = 0x0025
     PADDING = 0x0026
     RESPONSE_PORT = 0x0027
     ADDITIONAL_ADDRESS_FAMILY = 0x8000
@@ -101,6 +104,8 @@ class AttrType(IntEnum):
     SOFTWARE = 0x8022
     ALTERNATE_SERVER = 0x8023
     FINGERPRINT = 0x8028
+    ICE_CONTROLLED = 0x8029
+    ICE_CONTROLLING = 0x802A
     RESPONSE_ORIGIN = 0x802B
     OTHER_ADDRESS = 0x802C
 
@@ -235,7 +240,11 @@ UNKNOWN_ATTRIBUTES = GreedyRange(Int16ub)
 """UNKNOWN-ATTRIBUTES (RFC 8489 §14.9): a list of u16 attribute types."""
 
 U32 = Int32ub
-"""FINGERPRINT (RFC 8489 §14.7), LIFETIME (RFC 8656 §18.2), CHANGE-REQUEST (RFC 5780 §7.2)."""
+"""FINGERPRINT (RFC 8489 §14.7), LIFETIME (RFC 8656 §18.2), CHANGE-REQUEST (RFC 5780 §7.2),
+PRIORITY (RFC 8445 §16.1)."""
+
+U64 = Int64ub
+"""ICE-CONTROLLED and ICE-CONTROLLING (RFC 8445 §16.1): the tie-breaker."""
 
 U16_RESERVED = Struct("value" / Int16ub * "the number", "reserved" / Int16ub * "ignored on receipt")
 """CHANNEL-NUMBER (RFC 8656 §18.1) and RESPONSE-PORT (RFC 5780 §7.5)."""
@@ -465,10 +474,18 @@ def _unpack_address_error(data: bytes, tid: bytes) -> AddressErrorValue:
 
 
 def _u32(name: str) -> tuple[Pack, Unpack]:
-    """A u32: FINGERPRINT (RFC 8489 §14.7), LIFETIME (RFC 8656 §18.2)."""
+    """A u32: FINGERPRINT (RFC 8489 §14.7), LIFETIME (RFC 8656 §18.2), PRIORITY."""
     return (
         lambda value, tid: _build(U32, _int_value(value, name, 0xFFFFFFFF), name),
         lambda data, tid: int(_parse_exact(U32, data, name)),
+    )
+
+
+def _u64(name: str) -> tuple[Pack, Unpack]:
+    """A u64: the ICE-CONTROLLED and ICE-CONTROLLING tie-breaker (RFC 8445 §16.1)."""
+    return (
+        lambda value, tid: _build(U64, _int_value(value, name, (1 << 64) - 1), name),
+        lambda data, tid: int(_parse_exact(U64, data, name)),
     )
 
 
@@ -518,16 +535,18 @@ def _unpack_even_port(data: bytes, tid: bytes) -> bool:
     return bool(_parse_exact(EVEN_PORT, data, "EVEN-PORT").reserve)
 
 
-def _pack_empty(value: Any, tid: bytes) -> bytes:
-    """DONT-FRAGMENT (RFC 8656 §18.8): no value; ``None`` stands for it."""
-    if value is not None:
-        raise StunBuildError(f"DONT-FRAGMENT: has no value, got {value!r}")
-    return b""
+def _empty(name: str) -> tuple[Pack, Unpack]:
+    """No value; ``None`` stands for it: DONT-FRAGMENT (RFC 8656 §18.8), USE-CANDIDATE."""
 
+    def pack(value: Any, tid: bytes) -> bytes:
+        if value is not None:
+            raise StunBuildError(f"{name}: has no value, got {value!r}")
+        return b""
 
-def _unpack_empty(data: bytes, tid: bytes) -> None:
-    """DONT-FRAGMENT (RFC 8656 §18.8)."""
-    _fixed(data, 0, "DONT-FRAGMENT")
+    def unpack(data: bytes, tid: bytes) -> None:
+        _fixed(data, 0, name)
+
+    return pack, unpack
 
 
 def _pack_icmp(value: Any, tid: bytes) -> bytes:
@@ -646,7 +665,7 @@ REGISTRY: tuple[Spec, ...] = (
     ),
     _spec(A.EVEN_PORT, "EVEN-PORT", (_pack_even_port, _unpack_even_port)),
     _spec(A.REQUESTED_TRANSPORT, "REQUESTED-TRANSPORT", _u8_reserved("REQUESTED-TRANSPORT")),
-    _spec(A.DONT_FRAGMENT, "DONT-FRAGMENT", (_pack_empty, _unpack_empty)),
+    _spec(A.DONT_FRAGMENT, "DONT-FRAGMENT", _empty("DONT-FRAGMENT")),
     _spec(A.RESERVATION_TOKEN, "RESERVATION-TOKEN", _opaque("RESERVATION-TOKEN", 8, 8)),
     _spec(
         A.ADDITIONAL_ADDRESS_FAMILY,
@@ -655,6 +674,11 @@ REGISTRY: tuple[Spec, ...] = (
     ),
     _spec(A.ADDRESS_ERROR_CODE, "ADDRESS-ERROR-CODE", (_pack_address_error, _unpack_address_error)),
     _spec(A.ICMP, "ICMP", (_pack_icmp, _unpack_icmp)),
+    # RFC 8445 §16.1
+    _spec(A.PRIORITY, "PRIORITY", _u32("PRIORITY")),
+    _spec(A.USE_CANDIDATE, "USE-CANDIDATE", _empty("USE-CANDIDATE")),
+    _spec(A.ICE_CONTROLLED, "ICE-CONTROLLED", _u64("ICE-CONTROLLED")),
+    _spec(A.ICE_CONTROLLING, "ICE-CONTROLLING", _u64("ICE-CONTROLLING")),
 )
 """Every attribute this package understands, one line each."""
 
