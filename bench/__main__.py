@@ -6,13 +6,13 @@ Figures are per core: each benchmark runs in this one process, single-threaded.
 import platform
 import sys
 
-from bench import login, noise, overlay, session, wire
+from bench import login, noise, overlay, session, stun, wire
 
 
 def main() -> int:
     print(f"edge benchmarks on {platform.machine()}, Python {platform.python_version()}")
     print("(one core; each rate is followed by its reference measured in the same run)")
-    for module in (noise, session, wire, login, overlay):
+    for module in (noise, session, wire, stun, login, overlay):
         print(f"\n== {module.__name__}")
         for figure in module.run():
             print(figure.line(), flush=True)
