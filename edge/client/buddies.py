@@ -58,6 +58,8 @@ from typing import Any, TypeGuard
 from edge.client.login import LoginSession
 from edge.errors import LocalError, RemoteError
 from edge.runtime.config import write_atomic
+from edge.runtime.statefile import StateFileInvalid as _Invalid
+from edge.runtime.statefile import load_document, read_capped
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     DETAIL_MAX,
@@ -396,10 +398,6 @@ async def _skip_answer(session: LoginSession) -> None:
 # -- the cache file
 
 
-class _Invalid(Exception):
-    """A problem with the file's contents; :func:`load` adds the file's name."""
-
-
 def save(cache: BuddyCache, path: Path) -> None:
     """Write the cache (not a staged answer) to ``path``: atomically, mode 0600.
 
@@ -456,37 +454,16 @@ def _buddy_json(buddy: Buddy) -> dict[str, str]:
 
 def _read_file(path: Path) -> bytes | None:
     try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CacheFileError(path, f"cannot read it: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_FILE_BYTES:
-        raise CacheFileError(path, f"larger than {MAX_FILE_BYTES} bytes")
-    return raw
+        return read_capped(path, MAX_FILE_BYTES)
+    except _Invalid as exc:
+        raise CacheFileError(path, str(exc)) from exc
 
 
 def _decode_file(raw: bytes) -> BuddyCache:
-    try:
-        document = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except UnicodeDecodeError as exc:
-        raise _Invalid(f"not UTF-8 (byte {exc.start})") from None
-    except (ValueError, RecursionError) as exc:
-        raise _Invalid(f"not JSON ({exc})") from None
-    return _cache_from(document)
+    return _cache_from(load_document(raw, "buddy cache", FILE_FORMAT, FILE_VERSION))
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number")
-
-
-def _cache_from(document: object) -> BuddyCache:
-    if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
-        raise _Invalid(f'not a buddy cache (no "format": "{FILE_FORMAT}")')
-    format_version = document.get("format_version")
-    if type(format_version) is not int or format_version != FILE_VERSION:
-        raise _Invalid(f"format_version {format_version!r} is unknown (expected {FILE_VERSION})")
+def _cache_from(document: dict[str, Any]) -> BuddyCache:
     version = document.get("version")
     if not _is_version(version):
         raise _Invalid(f"version {version!r} is not a whole number from 0 to 2^64 - 1")

@@ -67,10 +67,12 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from edge.errors import LocalError, RemoteError
 from edge.runtime.config import write_atomic
+from edge.runtime.statefile import StateFileInvalid as _Invalid
+from edge.runtime.statefile import load_document, read_capped
 from edge.sansio import Address
 from edge.wire.codes import ErrorCode
 
@@ -372,10 +374,6 @@ def _refreshed(old: Entry, now: float, noise_key: bytes, source: Source) -> Entr
 # -- the cache file
 
 
-class _Invalid(Exception):
-    """A problem with the file's contents; :func:`load` adds the file's name."""
-
-
 def save(cache: HostCache, path: Path) -> None:
     """Write ``cache`` to ``path``: atomically, mode 0600.
 
@@ -438,37 +436,16 @@ def _entry_json(entry: Entry) -> dict[str, object]:
 
 def _read_file(path: Path) -> bytes | None:
     try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise HostCacheFileError(path, f"cannot read it: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_FILE_BYTES:
-        raise HostCacheFileError(path, f"larger than {MAX_FILE_BYTES} bytes")
-    return raw
+        return read_capped(path, MAX_FILE_BYTES)
+    except _Invalid as exc:
+        raise HostCacheFileError(path, str(exc)) from exc
 
 
 def _decode(raw: bytes) -> HostCache:
-    try:
-        document = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except UnicodeDecodeError as exc:
-        raise _Invalid(f"not UTF-8 (byte {exc.start})") from None
-    except (ValueError, RecursionError) as exc:
-        raise _Invalid(f"not JSON ({exc})") from None
-    return _cache_from(document)
+    return _cache_from(load_document(raw, "host cache", FILE_FORMAT, FILE_VERSION))
 
 
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number")
-
-
-def _cache_from(document: object) -> HostCache:
-    if not isinstance(document, dict) or document.get("format") != FILE_FORMAT:
-        raise _Invalid(f'not a host cache (no "format": "{FILE_FORMAT}")')
-    format_version = document.get("format_version")
-    if type(format_version) is not int or format_version != FILE_VERSION:
-        raise _Invalid(f"format_version {format_version!r} is unknown (expected {FILE_VERSION})")
+def _cache_from(document: dict[str, Any]) -> HostCache:
     capacity = document.get("capacity")
     if type(capacity) is not int or not 1 <= capacity <= MAX_CAPACITY:
         raise _Invalid(f"capacity {capacity!r} is not from 1 to {MAX_CAPACITY}")
