@@ -58,8 +58,8 @@ from typing import Any, TypeGuard
 from edge.client.login import LoginSession
 from edge.errors import LocalError, RemoteError
 from edge.runtime.config import write_atomic
+from edge.runtime.statefile import StateFileError, load_document, read_capped
 from edge.runtime.statefile import StateFileInvalid as _Invalid
-from edge.runtime.statefile import load_document, read_capped
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     DETAIL_MAX,
@@ -134,15 +134,10 @@ class TooManyBuddies(BuddyListError):
     code = ErrorCode.OVERSIZED
 
 
-class CacheFileError(RemoteError):
+class CacheFileError(StateFileError):
     """The cache file cannot be used; the message names the file and the problem."""
 
-    code = ErrorCode.MALFORMED
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"buddy cache {path}: {problem}")
-        self.path = path
-        self.problem = problem
+    kind = "buddy cache"
 
 
 # -- the cache

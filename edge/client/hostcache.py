@@ -71,8 +71,8 @@ from typing import Any, Final, Literal, get_args
 
 from edge.errors import LocalError, RemoteError
 from edge.runtime.config import write_atomic
+from edge.runtime.statefile import StateFileError, load_document, read_capped
 from edge.runtime.statefile import StateFileInvalid as _Invalid
-from edge.runtime.statefile import load_document, read_capped
 from edge.sansio import Address
 from edge.wire.codes import ErrorCode
 
@@ -120,15 +120,10 @@ class BadHostEntry(RemoteError):
     code = ErrorCode.MALFORMED
 
 
-class HostCacheFileError(RemoteError):
+class HostCacheFileError(StateFileError):
     """The cache file cannot be used; the message names the file and the problem."""
 
-    code = ErrorCode.MALFORMED
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"host cache {path}: {problem}")
-        self.path = path
-        self.problem = problem
+    kind = "host cache"
 
 
 # -- entries

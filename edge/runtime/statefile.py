@@ -9,7 +9,22 @@ goes through :func:`edge.runtime.config.write_atomic`.
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from edge.errors import RemoteError
+from edge.wire.codes import ErrorCode
+
+
+class StateFileError(RemoteError):
+    """A state file cannot be used; the message names the kind, the file and the problem."""
+
+    code = ErrorCode.MALFORMED
+    kind: ClassVar[str] = "state file"
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{self.kind} {path}: {problem}")
+        self.path = path
+        self.problem = problem
 
 
 class StateFileInvalid(Exception):
