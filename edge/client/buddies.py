@@ -49,7 +49,6 @@ missing file is an empty cache, a corrupt one is reported
 empty with a warning, to be refilled by the next sync.
 """
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ from typing import Any, TypeGuard
 from edge.client.login import LoginSession
 from edge.errors import LocalError, RemoteError
 from edge.runtime.config import write_atomic
-from edge.runtime.statefile import StateFileError, load_document, read_capped
+from edge.runtime.statefile import StateFileError, dump_document, load_document, read_capped
 from edge.runtime.statefile import StateFileInvalid as _Invalid
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
@@ -429,13 +428,8 @@ def load_or_empty(path: Path) -> tuple[BuddyCache, str | None]:
 
 
 def _encode_file(cache: BuddyCache) -> bytes:
-    document = {
-        "format": FILE_FORMAT,
-        "format_version": FILE_VERSION,
-        "version": cache.version,
-        "buddies": [_buddy_json(buddy) for buddy in cache.buddies()],
-    }
-    return (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    buddies = [_buddy_json(buddy) for buddy in cache.buddies()]
+    return dump_document(FILE_FORMAT, FILE_VERSION, {"version": cache.version, "buddies": buddies})
 
 
 def _buddy_json(buddy: Buddy) -> dict[str, str]:

@@ -61,7 +61,6 @@ file and the problem, and :func:`load_or_empty` turns that into an empty cache
 and a warning to log.
 """
 
-import json
 import math
 import random
 from collections.abc import Mapping
@@ -71,7 +70,7 @@ from typing import Any, Final, Literal, get_args
 
 from edge.errors import LocalError, RemoteError
 from edge.runtime.config import write_atomic
-from edge.runtime.statefile import StateFileError, load_document, read_capped
+from edge.runtime.statefile import StateFileError, dump_document, load_document, read_capped
 from edge.runtime.statefile import StateFileInvalid as _Invalid
 from edge.sansio import Address
 from edge.wire.codes import ErrorCode
@@ -405,13 +404,10 @@ def load_or_empty(path: Path) -> tuple[HostCache, str | None]:
 
 
 def _encode(cache: HostCache) -> bytes:
-    document = {
-        "format": FILE_FORMAT,
-        "format_version": FILE_VERSION,
-        "capacity": cache.capacity,
-        "entries": [_entry_json(entry) for entry in cache.entries()],
-    }
-    return (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    entries = [_entry_json(entry) for entry in cache.entries()]
+    return dump_document(
+        FILE_FORMAT, FILE_VERSION, {"capacity": cache.capacity, "entries": entries}
+    )
 
 
 def _entry_json(entry: Entry) -> dict[str, object]:

@@ -1,10 +1,11 @@
 """The small JSON files a device keeps its state in (host cache, buddy cache).
 
-Each is read with a size cap, parsed as strict JSON (no NaN or Infinity, which
-Python's json would otherwise accept), and must name its format and a version
-this code understands. What is wrong is raised as :class:`StateFileInvalid`
-with a short reason; the owner adds the file's name in its own error. Writing
-goes through :func:`edge.runtime.config.write_atomic`.
+Each is written by :func:`dump_document` and read with a size cap, parsed as
+strict JSON (no NaN or Infinity, which Python's json would otherwise accept),
+and must name its format and a version this code understands. What is wrong
+is raised as :class:`StateFileInvalid` with a short reason; the owner adds the
+file's name in its own error. Writing goes through
+:func:`edge.runtime.config.write_atomic`.
 """
 
 import json
@@ -59,6 +60,12 @@ def load_document(raw: bytes, kind: str, format_name: str, version: int) -> dict
     if type(found) is not int or found != version:
         raise StateFileInvalid(f"format_version {found!r} is unknown (expected {version})")
     return document
+
+
+def dump_document(format_name: str, version: int, fields: dict[str, Any]) -> bytes:
+    """The bytes of a state file: its format and version first, then ``fields``."""
+    document = {"format": format_name, "format_version": version, **fields}
+    return (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
 def _no_constant(name: str) -> None:
