@@ -17,12 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from edge import demo, keytool
+    from edge import ctl, demo, keytool
     from edge.login import cli as login_cli
+    from edge.supernode import cli as supernode_cli
 
     demo.add_parser(commands)
     keytool.add_parser(commands)
     login_cli.add_parser(commands)
+    supernode_cli.add_parser(commands)
+    ctl.add_parser(commands)
     return parser
 
 

@@ -107,8 +107,12 @@ class Client:
             message.add_integrity(self.key)
         return build(message)
 
-    def send(self, data: bytes, now: float) -> list[bytes]:
+    def deliver(self, data: bytes, now: float) -> None:
+        """Hand ``data`` to the server as the owner's UDP socket would."""
         self.server.receive_from_client(data, self.address, now)
+
+    def send(self, data: bytes, now: float) -> list[bytes]:
+        self.deliver(data, now)
         out = self.server.datagrams_to_client()
         assert all(to == self.address for _, to in out)
         return [payload for payload, _ in out]
@@ -158,11 +162,15 @@ class Client:
             now=now,
         )
 
-    def send_indication(self, peer: Address, data: bytes, now: float = T0) -> None:
+    def indication(self, peer: Address, data: bytes) -> bytes:
+        """A Send indication of ``data`` to ``peer``."""
         message = Message(Method.SEND, Class.INDICATION, self.tid())
         message.attributes.append((AttrType.XOR_PEER_ADDRESS, peer))
         message.attributes.append((AttrType.DATA, data))
-        assert self.send(build(message), now) == []
+        return build(message)
+
+    def send_indication(self, peer: Address, data: bytes, now: float = T0) -> None:
+        assert self.send(self.indication(peer, data), now) == []
 
 
 def error_code(message: Message) -> int | None:

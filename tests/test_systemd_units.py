@@ -57,3 +57,22 @@ def test_time_spans_are_read_as_systemd_reads_them() -> None:
     assert seconds("15") == 15
     assert seconds("1min 30s") == 90
     assert seconds("500ms") == 0.5
+
+
+def test_supernode_unit_is_notify_with_a_watchdog_and_binds_low_ports_without_root() -> None:
+    service = unit("edge-supernode.service")["Service"]
+    assert service["Type"] == "notify"
+    assert seconds(service["WatchdogSec"]) > 0
+    argv = shlex.split(service["ExecStart"])
+    assert argv[1:4] == ["supernode", "--config", "/etc/edge/supernode.toml"]
+    assert service["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
+    assert service["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
+
+
+def test_supernode_unit_directories_are_the_configuration_defaults() -> None:
+    from edge.supernode.config import DEFAULT_CONTROL, DEFAULT_STATE, SupernodeConfig
+
+    service = unit("edge-supernode.service")["Service"]
+    assert Path("/var/lib", service["StateDirectory"]) == DEFAULT_STATE
+    assert Path("/run", service["RuntimeDirectory"]) == DEFAULT_CONTROL.parent
+    assert seconds(service["TimeoutStopSec"]) > SupernodeConfig().shutdown_grace

@@ -517,6 +517,20 @@ class ConfigDoc:
             key, default, lambda path, value: _to_str_list(self, path, value, max_items, max_length)
         )
 
+    def get_list_of_int(
+        self,
+        key: KeyPath,
+        default: D | Literal[_Required.REQUIRED] = REQUIRED,
+        *,
+        max_items: int = MAX_ITEMS,
+        min: int | None = None,
+        max: int | None = None,
+    ) -> list[int] | D:
+        """An array of at most ``max_items`` integers, each within the bounds."""
+        return self._get(
+            key, default, lambda path, value: _to_int_list(self, path, value, max_items, min, max)
+        )
+
     def get_list_of_addresses(
         self,
         key: KeyPath,
@@ -779,6 +793,21 @@ def _to_str_list(
     if len(value) > max_items:
         raise doc._value_error(path, f"expected at most {max_items} strings, got {len(value)}")
     return [_to_str(doc, (*path, index), item, 0, max_length) for index, item in enumerate(value)]
+
+
+def _to_int_list(
+    doc: ConfigDoc,
+    path: tuple[Part, ...],
+    value: object,
+    max_items: int,
+    low: int | None,
+    high: int | None,
+) -> list[int]:
+    if not isinstance(value, list):
+        raise doc._type_error(path, "an array of integers", value)
+    if len(value) > max_items:
+        raise doc._value_error(path, f"expected at most {max_items} integers, got {len(value)}")
+    return [_to_int(doc, (*path, index), item, low, high) for index, item in enumerate(value)]
 
 
 def _to_address(

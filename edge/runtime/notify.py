@@ -14,6 +14,7 @@ caller's bug) raises.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -83,6 +84,20 @@ def watchdog_interval(*, env: Mapping[str, str] | None = None) -> float | None:
     return int(usec) / 1_000_000
 
 
+async def keep_watchdog(*, env: Mapping[str, str] | None = None) -> None:
+    """Ping the watchdog at half its interval for as long as the event loop runs.
+
+    The pings come from a task on the loop itself, so a loop that stalls stops
+    pinging and systemd restarts the service. Returns at once without a watchdog.
+    """
+    interval = watchdog_interval(env=env)
+    if interval is None:
+        return
+    while True:
+        watchdog(env=env)
+        await asyncio.sleep(interval / 2)
+
+
 def _encode(state: str) -> bytes:
     try:
         payload = state.encode("utf-8")
@@ -110,6 +125,7 @@ def _socket_address(value: str) -> str | bytes | None:
 
 __all__ = [
     "MAX_STATE_BYTES",
+    "keep_watchdog",
     "notify",
     "ready",
     "status",

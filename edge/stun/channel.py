@@ -15,7 +15,8 @@ byte 0xED added (it lies in none of the assigned ranges). It never raises.
 
 Over TCP and TLS, STUN messages and ChannelData share one byte stream
 (RFC 8656 §12.5); :func:`frame_size` tells from the first four bytes how long
-the next one is, padding included, so a stream adapter can cut it out.
+the next one is, padding included, so a stream adapter can cut it out
+(:class:`~edge.stun.framing.StreamDeframer` does).
 """
 
 from dataclasses import dataclass
@@ -107,8 +108,12 @@ def classify(data: bytes) -> Kind:
 
 STUN_HEADER_SIZE = 20
 
+MAX_FRAME = 0xFFFF + STUN_HEADER_SIZE
+"""The longest frame a 16-bit length can announce on a stream: a STUN header and
+65535 bytes (a padded ChannelData message is at most 65540)."""
 
-def frame_size(head: bytes, *, limit: int = 0xFFFF + STUN_HEADER_SIZE) -> int | None:
+
+def frame_size(head: bytes, *, limit: int = MAX_FRAME) -> int | None:
     """Bytes the next STUN or ChannelData frame of a TCP/TLS stream takes (RFC 8656 §12.5).
 
     ``head`` is the start of the buffered stream; None means fewer than four

@@ -3,9 +3,11 @@
 Parsing untrusted bytes raises only a :class:`StunError` subclass, each with the
 :class:`~edge.wire.codes.ErrorCode` an edge ERROR message would carry; the text
 names the attribute at fault. A failed MESSAGE-INTEGRITY or FINGERPRINT check is
-also a remote error (:class:`IntegrityError`, :class:`FingerprintError`).
+also a remote error (:class:`IntegrityError`, :class:`FingerprintError`), and so
+is a TCP/TLS stream that has lost its framing (:class:`FramingError`).
 Building from bad values, or preparing an unusable password, is the caller's bug
-and raises :class:`StunBuildError` or :class:`CredentialError`.
+and raises :class:`StunBuildError` or :class:`CredentialError`; so is calling
+the TURN client out of order (:class:`TurnUsageError`).
 """
 
 from edge.errors import LocalError, RemoteError
@@ -48,6 +50,15 @@ class FingerprintError(StunError):
     code = ErrorCode.BAD_MAC
 
 
+class FramingError(StunError):
+    """A TCP/TLS stream of STUN and ChannelData cannot be cut into messages: close it.
+
+    ``code`` is OVERSIZED for a frame announced over its cap, MALFORMED otherwise.
+    """
+
+    code = ErrorCode.MALFORMED
+
+
 class StunBuildError(LocalError):
     """A message or attribute value given to a builder cannot be encoded."""
 
@@ -56,3 +67,9 @@ class StunBuildError(LocalError):
 
 class CredentialError(LocalError):
     """A username, realm or password cannot be prepared for a key (RFC 8265)."""
+
+
+class TurnUsageError(LocalError):
+    """The TURN client was asked for something its state or its caps do not allow:
+    sending before the allocation exists or to a peer without a permission, or
+    more permissions or channels than its limits hold."""

@@ -1,12 +1,31 @@
-"""A sans-IO TURN server core for UDP clients (RFC 8656), with TURN REST credentials.
+"""A sans-IO TURN server core for UDP and TCP clients (RFC 8656), with TURN REST credentials.
 
-How it works: :class:`TurnServer` serves one UDP listening address. The owner
-feeds it what the listening socket receives (:meth:`TurnServer.receive_from_client`)
-and what each relayed socket receives (:meth:`TurnServer.receive_from_peer`),
-then drains :meth:`TurnServer.datagrams_to_client` (send from the listening
-socket) and :meth:`TurnServer.datagrams_to_peers` (send from a relayed socket
-to a peer). It never opens a socket: a relayed address comes from the
-``allocate_relay`` callback and goes back through ``release_relay``.
+How it works: :class:`TurnServer` serves one listening address, over UDP, TCP
+or both. The owner feeds it what the listening sockets receive
+(:meth:`TurnServer.receive_from_client`) and what each relayed socket receives
+(:meth:`TurnServer.receive_from_peer`), then drains
+:meth:`TurnServer.datagrams_to_client` (send to the client) and
+:meth:`TurnServer.datagrams_to_peers` (send from a relayed socket to a peer).
+It never opens a socket: a relayed address comes from the ``allocate_relay``
+callback and goes back through ``release_relay``.
+
+Clients over TCP (RFC 8656 §3.1; port 443 too): the owner cuts each
+connection's byte stream into whole messages with
+:class:`~edge.stun.framing.StreamDeframer` and passes each with
+``stream=True`` and the connection's remote address as ``client``, which is
+unique among open connections. Relaying to peers stays UDP. An allocation
+remembers whether it was made over a stream: ChannelData to that client is
+padded to four bytes as a stream requires (§12.5), and a request, Send or
+ChannelData for it arriving over the other transport is a different 5-tuple,
+so it finds no allocation (437, or a ``NO_ALLOCATION`` drop). What
+:meth:`TurnServer.datagrams_to_client` returns has the same shape for both
+transports, (bytes, client): the owner writes it to the TCP connection from
+that address if one is open, else sends it from the UDP socket. Every item is
+one whole message, so on a stream the owner writes it as it is. When a
+connection closes the owner calls :meth:`TurnServer.client_gone`: the 5-tuple
+is gone, so its allocation is deleted at once and what was queued for it is
+discarded (else the owner would send it over UDP). A UDP client that vanishes
+leaves its allocation to expire (below).
 
 ``now`` is Unix time in seconds everywhere: the credentials carry a Unix expiry.
 
@@ -53,7 +72,8 @@ Lifetimes: allocations, permissions (300 s, §9) and channel bindings (600 s,
 says when. Each allocation keeps its own next deadline; a heap of those
 (stale entries skipped, rebuilt when it grows) finds the earliest.
 
-Not done: TCP allocations (RFC 6062), IPv6 relayed addresses through
+Not done: TLS and DTLS to the client (the owner may terminate TLS and pass the
+plain stream), TCP allocations (RFC 6062), IPv6 relayed addresses through
 REQUESTED-ADDRESS-FAMILY (440), EVEN-PORT, RESERVATION-TOKEN and
 DONT-FRAGMENT (refused with 420), ICMP forwarding (§11.5).
 """
@@ -213,7 +233,8 @@ class AllocationCreated:
 
 @dataclass(frozen=True)
 class AllocationDeleted:
-    """An allocation ended (``expired`` or refreshed to lifetime 0); its relay was released."""
+    """An allocation ended (``expired``, or refreshed to lifetime 0, or its client's TCP
+    connection closed); its relay was released."""
 
     client: Address
     relayed: Address
@@ -260,6 +281,7 @@ class _Allocation:
     transaction_id: bytes
     response: bytes
     bucket: _Bucket
+    stream: bool
     permissions: dict[str, float] = field(default_factory=dict)
     channels: dict[int, _Channel] = field(default_factory=dict)
     channel_of: dict[Address, int] = field(default_factory=dict)
@@ -294,6 +316,7 @@ class _Request:
     username: str
     user_id: str
     key: bytes
+    stream: bool
 
 
 class _Refusal(Exception):
@@ -358,13 +381,17 @@ class TurnServer:
 
     # -- the owner's interface
 
-    def receive_from_client(self, data: bytes, client: Address, now: float) -> None:
-        """Handle one datagram the listening socket received from ``client``."""
+    def receive_from_client(
+        self, data: bytes, client: Address, now: float, *, stream: bool = False
+    ) -> None:
+        """Handle one datagram the UDP listening socket received from ``client``, or
+        with ``stream`` one whole message cut from the TCP connection whose remote
+        address is ``client`` (by :class:`~edge.stun.framing.StreamDeframer`)."""
         kind = classify(data)
         if kind is Kind.CHANNEL_DATA:
-            self._client_channel_data(data, client, now)
+            self._client_channel_data(data, client, now, stream)
         elif kind is Kind.STUN:
-            self._client_stun(data, client, now)
+            self._client_stun(data, client, now, stream)
         else:
             self.drops[Drop.NOT_STUN] += 1
 
@@ -385,7 +412,7 @@ class TurnServer:
             return
         number = allocation.channel_of.get(peer)
         if number is not None:
-            out = build_channel_data(ChannelData(number, data))
+            out = build_channel_data(ChannelData(number, data), stream=allocation.stream)
         else:
             out = self._data_indication(peer, data)
         if self._queue_to_client(out, allocation.client):
@@ -393,10 +420,21 @@ class TurnServer:
             self.relayed["bytes-to-client"] += len(data)
 
     def datagrams_to_client(self) -> list[tuple[bytes, Address]]:
-        """(payload, client address) pairs to send from the listening socket."""
+        """(message, client address) pairs: write each to the TCP connection from that
+        address if one is open, else send it from the UDP listening socket."""
         out = list(self._to_client)
         self._to_client.clear()
         return out
+
+    def client_gone(self, client: Address, now: float) -> None:
+        """The TCP connection from ``client`` closed: delete its allocation, if it has
+        one, and drop what is queued for that address. Call it before the next
+        :meth:`datagrams_to_client`, and before a new connection can get the address."""
+        allocation = self._allocation_of(client, stream=True)
+        if allocation is not None:
+            self._delete(allocation, expired=False)
+        # Queued answers would otherwise go out over UDP to whoever holds the address.
+        self._to_client = deque(item for item in self._to_client if item[1] != client)
 
     def datagrams_to_peers(self) -> list[tuple[Address, Address, bytes]]:
         """(relayed address, peer address, payload): send each from that relayed socket."""
@@ -438,15 +476,19 @@ class TurnServer:
     def allocation_count(self) -> int:
         return len(self._allocations)
 
+    def has_allocation(self, client: Address) -> bool:
+        """Whether ``client`` (an address, or a TCP connection's remote address) holds one."""
+        return client in self._allocations
+
     # -- relaying from the client
 
-    def _client_channel_data(self, data: bytes, client: Address, now: float) -> None:
+    def _client_channel_data(self, data: bytes, client: Address, now: float, stream: bool) -> None:
         try:
             message = parse_channel_data(data)
         except StunError:
             self.drops[Drop.MALFORMED] += 1
             return
-        allocation = self._allocations.get(client)
+        allocation = self._allocation_of(client, stream)
         if allocation is None:
             self.drops[Drop.NO_ALLOCATION] += 1
             return
@@ -456,8 +498,8 @@ class TurnServer:
             return
         self._relay_to_peer(allocation, channel.peer, message.data, now)
 
-    def _send_indication(self, message: Message, client: Address, now: float) -> None:
-        allocation = self._allocations.get(client)
+    def _send_indication(self, message: Message, client: Address, now: float, stream: bool) -> None:
+        allocation = self._allocation_of(client, stream)
         peer = message.get(AttrType.XOR_PEER_ADDRESS)
         payload = message.get(AttrType.DATA)
         if allocation is None:
@@ -496,27 +538,29 @@ class TurnServer:
 
     # -- STUN from the client
 
-    def _client_stun(self, data: bytes, client: Address, now: float) -> None:
+    def _client_stun(self, data: bytes, client: Address, now: float, stream: bool) -> None:
         try:
             message = parse(data)
         except StunError:
             self.drops[Drop.MALFORMED] += 1
             return
         if message.cls is Class.INDICATION and message.method == Method.SEND:
-            self._send_indication(message, client, now)
+            self._send_indication(message, client, now, stream)
         elif message.cls is not Class.REQUEST:
             self.drops[Drop.IGNORED] += 1
         elif message.method == Method.BINDING:
             answer, outcome = self._binding.answer(message, client)
             self._answer(message, SUCCESS if outcome is Outcome.SUCCESS else 420, answer, client)
         elif message.method in _SERVED:
-            self._request(message, data, client, now)
+            self._request(message, data, client, now, stream)
         else:
             self.drops[Drop.IGNORED] += 1
 
-    def _request(self, message: Message, data: bytes, client: Address, now: float) -> None:
+    def _request(
+        self, message: Message, data: bytes, client: Address, now: float, stream: bool
+    ) -> None:
         try:
-            request = self._authenticate(message, data, client, now)
+            request = self._authenticate(message, data, client, now, stream)
         except _Refusal as refusal:
             self._refuse_unauthenticated(message, refusal.code, client, now)
             return
@@ -535,7 +579,7 @@ class TurnServer:
         method = request.message.method
         if method == Method.ALLOCATE:
             return self._allocate(request, now)
-        allocation = self._allocations.get(request.client)
+        allocation = self._allocation_of(request.client, request.stream)
         if allocation is None:
             raise _Refusal(437)
         if allocation.username != request.username:
@@ -572,7 +616,9 @@ class TurnServer:
             now < int(stamp)
         )
 
-    def _authenticate(self, message: Message, data: bytes, client: Address, now: float) -> _Request:
+    def _authenticate(
+        self, message: Message, data: bytes, client: Address, now: float, stream: bool
+    ) -> _Request:
         has_mac = any(
             kind in (AttrType.MESSAGE_INTEGRITY, AttrType.MESSAGE_INTEGRITY_SHA256)
             for kind, _ in message.attributes
@@ -593,7 +639,7 @@ class TurnServer:
             raise _Refusal(401) from None
         if realm != self.realm or not self._nonce_valid(nonce, client, now):
             raise _Refusal(438)
-        return _Request(message, client, username, user_id, key)
+        return _Request(message, client, username, user_id, key, stream)
 
     def _rest_password(self, username: str) -> str:
         """The TURN REST password for ``username``: base64(HMAC-SHA1(secret, username))."""
@@ -618,8 +664,11 @@ class TurnServer:
     def _allocate(self, request: _Request, now: float) -> bytes:
         existing = self._allocations.get(request.client)
         if existing is not None:
-            if existing.transaction_id == request.message.transaction_id:
+            same_transport = existing.stream == request.stream
+            if same_transport and existing.transaction_id == request.message.transaction_id:
                 return existing.response
+            # Over the other transport it is another 5-tuple, but the owner routes
+            # answers by address alone, so one address holds one allocation.
             raise _Refusal(437)
         transport = request.message.get(AttrType.REQUESTED_TRANSPORT)
         if transport is None:
@@ -659,6 +708,7 @@ class TurnServer:
             transaction_id=request.message.transaction_id,
             response=response,
             bucket=_Bucket(limits.bandwidth, limits.burst, limits.burst, now),
+            stream=request.stream,
         )
         self._allocations[request.client] = allocation
         self._by_relay[relayed] = allocation
@@ -728,6 +778,14 @@ class TurnServer:
         return self._signed(self._success(request.message), request.key)
 
     # -- tables, timers, queues
+
+    def _allocation_of(self, client: Address, stream: bool) -> _Allocation | None:
+        """The allocation of this 5-tuple: one the address made over the other
+        transport is not it."""
+        allocation = self._allocations.get(client)
+        if allocation is None or allocation.stream != stream:
+            return None
+        return allocation
 
     def _schedule(self, allocation: _Allocation) -> None:
         heapq.heappush(self._heap, (allocation.deadline(), allocation.client))

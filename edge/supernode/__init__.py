@@ -1,0 +1,1 @@
+"""The supernode: STUN and TURN for clients, the presence overlay, rendezvous, promotion."""

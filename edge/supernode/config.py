@@ -1,0 +1,151 @@
+"""The supernode's configuration: a TOML file with safe defaults, checked before anything starts.
+
+The defaults make a supernode that listens on all addresses at a port drawn
+at first start and kept in its state folder (the seed's "port P", on UDP and
+TCP), also on TCP 80 and 443, and serves STUN there. Relaying (TURN) needs the
+secret shared with the login server and the public address relayed sockets
+are bound to; without ``[relay] secret`` the supernode serves STUN only and
+says so. A wrong value stops it before it starts, naming the file, the key and
+the line.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.runtime.config import ConfigDoc, load
+from edge.stun.turn import TurnLimits
+
+DEFAULT_STATE = Path("/var/lib/edge/supernode")
+DEFAULT_CONTROL = Path("/run/edge-supernode/control.sock")
+DEFAULT_TCP_PORTS = (80, 443)
+DEFAULT_RELAY_PORTS = range(49152, 65536)
+SECTIONS = {"supernode", "relay"}
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    secret: bytes = b""
+    """The TURN REST secret shared with the login server; empty disables relaying."""
+    realm: str = "edge"
+    address: str = ""
+    """The IPv4 address relayed sockets bind to (clients' peers send there)."""
+    ports: range = DEFAULT_RELAY_PORTS
+    limits: TurnLimits = field(default_factory=TurnLimits)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret)
+
+
+@dataclass(frozen=True)
+class SupernodeConfig:
+    host: str = "0.0.0.0"
+    port: int = 0
+    """0: draw a port at first start and keep it in ``state_dir``."""
+    tcp_ports: tuple[int, ...] = DEFAULT_TCP_PORTS
+    """Extra TCP ports (80 and 443 pass most firewalls); bound with
+    CAP_NET_BIND_SERVICE, not as root."""
+    state_dir: Path = DEFAULT_STATE
+    control_socket: Path = DEFAULT_CONTROL
+    max_tcp_connections: int = 1000
+    shutdown_grace: float = 5.0
+    relay: RelayConfig = field(default_factory=RelayConfig)
+
+    @property
+    def relay_host(self) -> str:
+        return self.relay.address or self.host
+
+
+def read(path: Path | None) -> SupernodeConfig:
+    """The configuration in ``path`` (defaults for what it leaves out), or the defaults."""
+    return SupernodeConfig() if path is None else from_doc(load(path))
+
+
+def from_doc(doc: ConfigDoc) -> SupernodeConfig:
+    doc.check_unknown(SECTIONS)
+    table = doc.get_table("supernode")
+    table.check_unknown(
+        {
+            "host",
+            "port",
+            "tcp_ports",
+            "state_dir",
+            "control_socket",
+            "max_tcp_connections",
+            "shutdown_grace_seconds",
+        }
+    )
+    config = SupernodeConfig(
+        host=table.get_str("host", "0.0.0.0", min_length=1, max_length=64),
+        port=table.get_int("port", 0, min=0, max=65535),
+        tcp_ports=tuple(
+            table.get_list_of_int(
+                "tcp_ports", list(DEFAULT_TCP_PORTS), max_items=4, min=1, max=65535
+            )
+        ),
+        state_dir=table.get_path("state_dir", DEFAULT_STATE),
+        control_socket=table.get_path("control_socket", DEFAULT_CONTROL),
+        max_tcp_connections=table.get_int("max_tcp_connections", 1000, min=1, max=1_000_000),
+        shutdown_grace=table.get_float("shutdown_grace_seconds", 5.0, min=0, max=300),
+        relay=_relay(doc.get_table("relay")),
+    )
+    if config.port and config.port in config.tcp_ports:
+        raise table.error("tcp_ports", f"port {config.port} is already the supernode's own port")
+    if len(set(config.tcp_ports)) != len(config.tcp_ports):
+        raise table.error("tcp_ports", "a port is listed twice")
+    if config.relay.enabled and config.relay_host in ("0.0.0.0", ""):
+        raise doc.get_table("relay").error(
+            "address", "relaying needs the public IPv4 address to bind relayed sockets to"
+        )
+    return config
+
+
+def _relay(table: ConfigDoc) -> RelayConfig:
+    table.check_unknown(
+        {
+            "secret",
+            "realm",
+            "address",
+            "ports",
+            "max_allocations",
+            "max_allocations_per_user",
+            "bandwidth_bytes_per_second",
+            "max_lifetime_seconds",
+        }
+    )
+    low, high = _port_range(table)
+    bandwidth = table.get_float("bandwidth_bytes_per_second", 64_000.0, min=1000, max=1e9)
+    limits = TurnLimits(
+        max_allocations=table.get_int("max_allocations", 1000, min=1, max=1_000_000),
+        max_allocations_per_user=table.get_int("max_allocations_per_user", 4, min=1, max=1000),
+        bandwidth=bandwidth,
+        burst=bandwidth,
+        max_lifetime=table.get_int("max_lifetime_seconds", 3600, min=600, max=86400),
+    )
+    address = table.get_str("address", "", max_length=64)
+    if address and not _is_ipv4(address):
+        raise table.error("address", f"expected an IPv4 address, got {address!r}")
+    return RelayConfig(
+        secret=table.get_str("secret", "", max_length=256).encode(),
+        realm=table.get_str("realm", "edge", min_length=1, max_length=64),
+        address=address,
+        ports=range(low, high + 1),
+        limits=limits,
+    )
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _port_range(table: ConfigDoc) -> tuple[int, int]:
+    default = [DEFAULT_RELAY_PORTS.start, DEFAULT_RELAY_PORTS.stop - 1]
+    ports = table.get_list_of_int("ports", default, max_items=2, min=1024, max=65535)
+    if len(ports) != 2 or ports[0] > ports[1]:
+        raise table.error("ports", f"expected [lowest, highest], got {ports}")
+    return ports[0], ports[1]

@@ -1,0 +1,359 @@
+"""The TURN relay on sockets: the :class:`~edge.stun.turn.TurnServer` core driven by uvloop.
+
+How it works: one core serves every client transport of the supernode. The
+listening UDP socket and every relayed UDP socket are non-blocking sockets
+watched with ``loop.add_reader``; when one is readable the adapter reads up to
+:data:`BATCH` datagrams, feeds each to the core, then flushes once: what the
+core wants sent to clients leaves through the client's TCP connection when it
+has one, else from the listening UDP socket; what it relays to peers leaves
+from the allocation's relayed socket. Reading a batch before flushing keeps
+the number of system calls per relayed packet near two, which is what decides
+a relay's packets per second in Python.
+
+TCP clients (at the supernode's port, and 80 and 443 where firewalls leave
+nothing else open) reach the same core: each connection's bytes are cut into
+whole STUN and ChannelData messages by a
+:class:`~edge.stun.framing.StreamDeframer`; garbage closes the connection, and
+a closed connection deletes its allocation at once (RFC 8656 §7). At most
+``max_connections`` TCP clients are served; more are closed on arrival.
+
+Relayed addresses are ports drawn at random from ``ports`` on ``relay_host``
+(a port already taken is skipped); the core gives them back when their
+allocation ends and the socket is closed then.
+
+``now`` for the core is Unix time (its credentials carry Unix expiries); the
+one timer is re-armed on the loop's clock after every flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import random
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Final, cast
+
+from edge.sansio import Address
+from edge.stun.errors import StunError
+from edge.stun.framing import StreamDeframer
+from edge.stun.turn import AllocationCreated, AllocationDeleted, TurnServer
+
+BATCH: Final = 64
+"""Datagrams read from one socket per wakeup before the flush."""
+
+RECV_SIZE: Final = 0x10000
+PORT_DRAWS: Final = 32
+"""Random ports tried per allocation before the relay says it is out of ports (508)."""
+
+IDLE_TIMEOUT: Final = 30.0
+"""A TCP client without an allocation that sends no whole message for this long is
+closed: a stray HTTP request, say, whose first bytes read as a ChannelData header
+announcing more than will ever come. A client with an allocation is governed by
+the allocation's lifetime instead, and closed when the allocation ends."""
+
+MAX_TCP_BUFFER: Final = 256 * 1024
+"""A TCP client whose unsent answers exceed this is too slow to serve; it is closed."""
+
+_log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class RelayAdapter:
+    """Sockets for one :class:`TurnServer`; build the core with :meth:`open_relay` and
+    :meth:`close_relay` as its ``allocate_relay`` and ``release_relay``."""
+
+    def __init__(
+        self,
+        relay_host: str,
+        ports: range,
+        *,
+        max_connections: int = 1000,
+        idle_timeout: float = IDLE_TIMEOUT,
+        clock: Clock = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.relay_host = relay_host
+        self.ports = ports
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.core: TurnServer | None = None
+        self._clock = clock
+        self._rng = rng or random.SystemRandom()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: socket.socket | None = None
+        self._relays: dict[Address, socket.socket] = {}
+        self._streams: dict[Address, _TurnStream] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.counters: Counter[str] = Counter()
+        """Socket-level counts: ``os-error-*`` by errno, ``tcp-refused``, ``tcp-framing``,
+        ``tcp-slow``, ``tcp-idle``, ``tcp-connections``, ``allocations-created`` and
+        ``allocations-expired``."""
+
+    # -- what the core calls
+
+    def open_relay(self, client: Address) -> Address | None:
+        """A fresh relayed UDP socket for ``client``'s allocation, or None when none is free."""
+        for _ in range(PORT_DRAWS):
+            port = self._rng.choice(self.ports)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind((self.relay_host, port))
+            except OSError:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            relayed = cast(Address, sock.getsockname()[:2])
+            self._relays[relayed] = sock
+            self._running_loop().add_reader(sock.fileno(), self._relay_readable, relayed, sock)
+            return relayed
+        return None
+
+    def close_relay(self, relayed: Address) -> None:
+        sock = self._relays.pop(relayed, None)
+        if sock is not None:
+            self._running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    # -- lifecycle
+
+    async def start(self, core: TurnServer, udp: socket.socket, tcp: list[socket.socket]) -> None:
+        """Serve ``core`` on a bound UDP socket and bound (not yet listening) TCP sockets."""
+        self.core = core
+        self._loop = asyncio.get_running_loop()
+        udp.setblocking(False)
+        self._udp = udp
+        self._loop.add_reader(udp.fileno(), self._client_readable)
+        for sock in tcp:
+            server = await self._loop.create_server(lambda: _TurnStream(self), sock=sock)
+            self._servers.append(server)
+        self._arm()
+
+    def stop_listening(self) -> None:
+        """Take no new TCP clients; existing ones and UDP go on until :meth:`close`."""
+        for server in self._servers:
+            server.close()
+
+    async def close(self) -> None:
+        self.stop_listening()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        for stream in list(self._streams.values()):
+            stream.transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._running_loop()
+        if self._udp is not None:
+            loop.remove_reader(self._udp.fileno())
+            self._udp.close()
+            self._udp = None
+        for relayed in list(self._relays):
+            self.close_relay(relayed)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no TCP client is left, at most ``timeout`` seconds; True if none is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._idle.is_set()
+
+    @property
+    def tcp_clients(self) -> int:
+        return len(self._streams)
+
+    # -- input
+
+    def _client_readable(self) -> None:
+        core, sock, now = self._core(), self._udp, self._clock()
+        assert sock is not None
+        for _ in range(BATCH):
+            try:
+                data, source = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # ICMP errors surface here on Linux; they concern one peer, not the socket.
+                self._count_os_error(exc)
+                continue
+            core.receive_from_client(data, cast(Address, source[:2]), now)
+        self.flush()
+
+    def _relay_readable(self, relayed: Address, sock: socket.socket) -> None:
+        core, now = self._core(), self._clock()
+        for _ in range(BATCH):
+            try:
+                data, peer = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._count_os_error(exc)
+                continue
+            core.receive_from_peer(relayed, cast(Address, peer[:2]), data, now)
+        self.flush()
+
+    def stream_messages(self, client: Address, messages: list[bytes]) -> None:
+        core, now = self._core(), self._clock()
+        for message in messages:
+            core.receive_from_client(message, client, now, stream=True)
+        self.flush()
+
+    def stream_idle(self, stream: _TurnStream) -> None:
+        """A TCP client's idle time is up: keep it while it holds an allocation."""
+        if self._core().has_allocation(stream.peer):
+            stream.rearm()
+        else:
+            self.counters["tcp-idle"] += 1
+            stream.close()
+
+    def stream_gone(self, client: Address) -> None:
+        if self._streams.pop(client, None) is not None:
+            if not self._streams:
+                self._idle.set()
+            self._core().client_gone(client, self._clock())
+            self.flush()
+
+    # -- output
+
+    def flush(self) -> None:
+        """Send what the core queued, note its events and re-arm the timer."""
+        core = self._core()
+        udp = self._udp
+        for data, client in core.datagrams_to_client():
+            stream = self._streams.get(client)
+            if stream is not None:
+                stream.send(data)
+            elif udp is not None:
+                self._sendto(udp, data, client)
+        for relayed, peer, data in core.datagrams_to_peers():
+            sock = self._relays.get(relayed)
+            if sock is not None:
+                self._sendto(sock, data, peer)
+        while (event := core.next_event()) is not None:
+            if isinstance(event, AllocationCreated):
+                self.counters["allocations-created"] += 1
+            elif isinstance(event, AllocationDeleted):
+                self._allocation_ended(event)
+        self._arm()
+
+    def _allocation_ended(self, event: AllocationDeleted) -> None:
+        if event.expired:
+            self.counters["allocations-expired"] += 1
+        stream = self._streams.get(event.client)
+        if stream is not None:
+            # Over TCP the connection and the allocation live and die together (RFC 6062 §2).
+            stream.close()
+
+    def _sendto(self, sock: socket.socket, data: bytes, address: Address) -> None:
+        try:
+            sock.sendto(data, address)
+        except OSError as exc:
+            # A full socket buffer drops the datagram, as the network would.
+            self._count_os_error(exc)
+
+    def _count_os_error(self, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, "unknown").lower()
+        self.counters[f"os-error-{name}"] += 1
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._core().get_timer()
+        if deadline is not None:
+            loop = self._running_loop()
+            delay = max(0.0, deadline - self._clock())
+            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._core().handle_timer(self._clock())
+        self.flush()
+
+    # -- TCP connections
+
+    def stream_opened(self, stream: _TurnStream) -> bool:
+        """Register a new TCP client; False when it must be refused."""
+        if len(self._streams) >= self.max_connections:
+            self.counters["tcp-refused"] += 1
+            return False
+        self._streams[stream.peer] = stream
+        self._idle.clear()
+        self.counters["tcp-connections"] += 1
+        return True
+
+    def _core(self) -> TurnServer:
+        if self.core is None:
+            raise RuntimeError("RelayAdapter used before start()")
+        return self.core
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("RelayAdapter used before start()")
+        return self._loop
+
+
+class _TurnStream(asyncio.Protocol):
+    """One TCP client of the relay."""
+
+    def __init__(self, relay: RelayAdapter) -> None:
+        self.relay = relay
+        self.deframer = StreamDeframer()
+        self.transport: asyncio.Transport
+        self.peer: Address = ("", 0)
+        self.open = False
+        self._idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = cast(Address, transport.get_extra_info("peername")[:2])
+        self.open = self.relay.stream_opened(self)
+        if not self.open:
+            self.transport.abort()
+            return
+        self.rearm()
+
+    def rearm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.relay.idle_timeout, self.relay.stream_idle, self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open or self.transport.is_closing():
+            return
+        try:
+            messages = self.deframer.feed(data)
+        except StunError as exc:
+            self.relay.counters["tcp-framing"] += 1
+            _log.debug("closing TURN TCP client %s:%d: %s", *self.peer, exc)
+            self.close()
+            return
+        if messages:
+            self.rearm()
+            self.relay.stream_messages(self.peer, messages)
+
+    def send(self, data: bytes) -> None:
+        if self.transport.get_write_buffer_size() > MAX_TCP_BUFFER:
+            self.relay.counters["tcp-slow"] += 1
+            self.close()
+            return
+        self.transport.write(data)
+
+    def close(self) -> None:
+        # connection_lost follows from the loop, after the flush that may be running now.
+        self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.open:
+            self.open = False
+            self.relay.stream_gone(self.peer)
