@@ -44,3 +44,54 @@ class StoreFull(OverlayError):
 
 class OverlayMisuse(LocalError):
     """The caller used an overlay API wrongly (a bad id, a finished lookup...)."""
+
+
+class PresenceRefused(RecordRefused):
+    """A presence record failed one check; :attr:`reason` names which, for counters."""
+
+    reason = "refused"
+
+
+class MalformedPresence(PresenceRefused):
+    """The bytes are not a presence record, or its times contradict each other."""
+
+    code = ErrorCode.MALFORMED
+    reason = "malformed"
+
+
+class PresenceCertificateRefused(PresenceRefused):
+    """The record's certificate did not verify; ``code`` is the certificate error's."""
+
+    def __init__(self, message: str, *, code: ErrorCode) -> None:
+        super().__init__(message, code=code)
+        self.reason = "certificate-" + code.name.removeprefix("CERT_").lower().replace("_", "-")
+
+
+class PresenceWrongUser(PresenceRefused):
+    """The record is for another user than its certificate, or stored under another key."""
+
+    reason = "wrong-user"
+
+
+class PresenceBadSignature(PresenceRefused):
+    """The record's signature does not verify with its certificate's signing key: forged."""
+
+    reason = "bad-signature"
+
+
+class PresenceExpired(PresenceRefused):
+    """The record's expiry has passed."""
+
+    reason = "expired"
+
+
+class PresenceTooLong(PresenceRefused):
+    """The record claims a longer lifetime than the format allows."""
+
+    reason = "lifetime-too-long"
+
+
+class PresenceFromFuture(PresenceRefused):
+    """The record was issued later than our clock, beyond the tolerated skew."""
+
+    reason = "issued-in-future"

@@ -354,6 +354,59 @@ SignedPresenceRecord = Struct(
 DHT_RECORD_MAX = size_range(SignedPresenceRecord)[1]
 """Bytes of one record the overlay stores: the largest SignedPresenceRecord."""
 
+PRESENCE_FINDABLE = 72 * 3600
+"""Seconds a device stays findable after its last publish: the seed's 72 hours."""
+
+PRESENCE_MARGIN = 3600
+"""Seconds of slack on top, for clocks that disagree and lookups started near the end."""
+
+PRESENCE_LIFETIME_MAX = PRESENCE_FINDABLE + PRESENCE_MARGIN
+"""The longest a SignedPresence may live: ``expires - issued_at`` at most this."""
+
+PRESENCE_CANDIDATES_MAX = 16
+PRESENCE_CONTEXT = b"edge presence v1\x00"
+"""Prefixed to the PresenceTBS bytes before signing, so that no other signed edge
+structure (a certificate, a revocation list) can be passed off as a presence record."""
+
+PresenceCandidate = Struct(
+    "kind" / EnumField(CandidateKind) * "host, server-reflexive or relayed",
+    "transport" / EnumField(Transport) * "UDP or TCP",
+    "priority" / Int32ub * "RFC 8445 §5.1.2: higher is tried first",
+    "address" / Address * "the candidate's transport address",
+)
+
+PresenceTBS = Struct(
+    "version" / Const(1, Int8ub) * "presence format version; always 1",
+    "user_id" / UserId * "whose presence this is; must be the certificate's user",
+    "certificate"
+    / Blob(size_range(Certificate)[1])
+    * "the publishing device's certificate, exact signed bytes",
+    "sequence" / Int64ub * "grows with each publish by this device; a higher one replaces a lower",
+    "issued_at" / Int64ub * "when the device signed the record, Unix seconds",
+    "online_until" / Int64ub * "online until then, Unix seconds; after it, last seen at issued_at",
+    "expires"
+    / Int64ub
+    * f"findable until then, Unix seconds; at most issued_at + {PRESENCE_LIFETIME_MAX}",
+    "supernode" / Address * "the supernode the device is attached to",
+    "supernode_key" / Key32 * "that supernode's Noise static public key (X25519)",
+    "candidates"
+    / Array(PRESENCE_CANDIDATES_MAX, PresenceCandidate)
+    * "addresses the device can be reached on, best first",
+)
+
+SignedPresence = Struct(
+    "tbs" / PresenceTBS * "the signed part",
+    "signature"
+    / Signature64
+    * "Ed25519 by the certificate's sign_key over the context string and the tbs bytes",
+)
+
+SIGNED_PRESENCE_MAX = size_range(SignedPresence)[1]
+"""Largest SignedPresence: it must fit a DHT_STORE record."""
+
+if SIGNED_PRESENCE_MAX > DHT_RECORD_MAX:
+    raise BuildError("a SignedPresence can exceed the record a DHT_STORE carries")
+
 DhtId = Bytes(32)
 """A 256-bit overlay node id or key, big-endian (Kademlia §2.1, with 256 bits for 160)."""
 
@@ -423,6 +476,39 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         SignedPresenceRecord,
         "RFC 8032 §5.1.6 (Ed25519 signature)",
         "A PresenceRecord with its owner's signature over the record's encoded bytes.",
+    ),
+    StructureSpec(
+        "SignedPresence",
+        SignedPresence,
+        "RFC 8032 §5.1.6 (Ed25519 signature); Kademlia (Maymounkov and Mazieres, 2002) §2.5",
+        "The presence record the overlay stores under a user's key (DHT_STORE, DHT_VALUES): "
+        "a PresenceTBS and the device's signature over "
+        f'the ASCII text "{PRESENCE_CONTEXT[:-1].decode("ascii")}", a zero byte, then '
+        "the PresenceTBS bytes. It travels as those bytes verbatim. A holder accepts it only "
+        "when the certificate verifies and is not revoked, is for the user whose key it is "
+        "stored under, the signature verifies with the certificate's sign_key, issued_at is "
+        "not ahead of the holder's clock (beyond the certificate clock skew), online_until "
+        "lies from issued_at to expires, expires has not passed and is at most "
+        f"{PRESENCE_LIFETIME_MAX} s ({PRESENCE_FINDABLE // 3600} h and "
+        f"{PRESENCE_MARGIN // 3600} h of margin) after issued_at, so a device that published "
+        "within the last 72 hours is found even if it has been offline since. Each device "
+        "fills its own slot of the key; a higher sequence replaces a lower one, an older "
+        "one is refused as a replay. Supersedes SignedPresenceRecord in the overlay.",
+    ),
+    StructureSpec(
+        "PresenceTBS",
+        PresenceTBS,
+        "RFC 8445 §5.1.1 (candidates); Noise rev 34 §7 (the static key)",
+        "The signed part of a SignedPresence: who, with which certificate, which version, "
+        "when, and where the device can be reached.",
+    ),
+    StructureSpec(
+        "PresenceCandidate",
+        PresenceCandidate,
+        "RFC 8445 §5.1.1 (gathering), §5.1.2 (priority)",
+        "One address in a presence record. Shorter than a Candidate: the foundation and "
+        "related address matter only to the connectivity checks, which CALL_INVITE and "
+        "CALL_ACCEPT carry in full.",
     ),
     StructureSpec(
         "NodeContact",
@@ -1370,6 +1456,20 @@ def parse_presence_record(data: bytes) -> Container:
 def build_presence_record(record: Mapping[str, Any]) -> bytes:
     """The bytes a device signs for PRESENCE_PUBLISH."""
     return build_exact(PresenceRecord, record, "presence record")
+
+
+def parse_signed_presence(data: bytes) -> Container:
+    """A SignedPresence's fields (``tbs``, ``signature``), signature unchecked.
+
+    The signed bytes are :data:`PRESENCE_CONTEXT` and all of ``data`` but the
+    last 64: the encoding is canonical.
+    """
+    return _parse_capped(SignedPresence, data, SIGNED_PRESENCE_MAX, "signed presence")
+
+
+def build_presence_tbs(tbs: Mapping[str, Any]) -> bytes:
+    """The PresenceTBS bytes a device signs (after :data:`PRESENCE_CONTEXT`)."""
+    return build_exact(PresenceTBS, tbs, "presence tbs")
 
 
 def parse_handshake_payload(data: bytes) -> Container:
