@@ -8,9 +8,6 @@ dialect of our own. The cores run on uvloop through the house datagram adapter.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -34,6 +31,7 @@ from edge.stun.codec import (
 )
 from edge.stun.events import BindingFailed, BindingResult, Failure
 from edge.stun.server import BindingServer, Outcome
+from tests.coturn import running_coturn
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -286,53 +284,11 @@ def test_aioice_parses_our_request() -> None:
 # ------------------------------------------------------ our client against coturn
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[tuple[Address, Path]]:
     """coturn's turnserver on 127.0.0.1 and a free port, and its log; stopped afterwards."""
-    binary = shutil.which("turnserver")
-    if binary is None:
-        pytest.skip("coturn's turnserver is not installed (Debian package coturn)")
-    port = free_udp_port()
-    log_path = tmp_path / "turnserver.log"
-    log = log_path.open("wb")
-    command = [
-        binary,
-        "-n",
-        "--listening-ip",
-        "127.0.0.1",
-        "--listening-port",
-        str(port),
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
-        "--log-file",
-        "stdout",
-        "--simple-log",
-        "--pidfile",
-        str(tmp_path / "turnserver.pid"),
-        "--db",
-        str(tmp_path / "turndb"),
-    ]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        yield ("127.0.0.1", port), log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with running_coturn(tmp_path) as server:
+        yield server.address, server.log
 
 
 POLL_TRIES = 5
