@@ -25,21 +25,24 @@ from edge.wire.messages import (
     BODIES,
     KNOWN_FLAGS,
     Certificate,
+    DialbackAttestation,
     HandshakePayload,
-    PresenceRecord,
     SerialSet,
+    SignedPresence,
     SignedRevocationList,
     build_certificate,
+    build_dialback_attestation,
     build_handshake_payload,
-    build_presence_record,
+    build_signed_presence,
     build_signed_revocation_list,
     decode,
     encode,
     parse_certificate,
     parse_certificate_tbs,
+    parse_dialback_attestation,
     parse_handshake_payload,
-    parse_presence_record,
     parse_revocation_list,
+    parse_signed_presence,
     parse_signed_revocation_list,
 )
 
@@ -57,10 +60,11 @@ PARSERS: tuple[Callable[[bytes], object], ...] = (
     hot.unpack_media,
     parse_certificate,
     parse_certificate_tbs,
-    parse_presence_record,
+    parse_signed_presence,
     parse_handshake_payload,
     parse_revocation_list,
     parse_signed_revocation_list,
+    parse_dialback_attestation,
 )
 
 
@@ -173,9 +177,10 @@ def test_mutated_messages(data: bytes) -> None:
 @given(
     st.one_of(
         mutations(values(Certificate).map(build_certificate)),
-        mutations(values(PresenceRecord).map(build_presence_record)),
+        mutations(values(SignedPresence).map(build_signed_presence)),
         mutations(values(HandshakePayload).map(build_handshake_payload)),
         mutations(values(SignedRevocationList).map(build_signed_revocation_list)),
+        mutations(values(DialbackAttestation).map(build_dialback_attestation)),
     )
 )
 def test_mutated_shared_structures(data: bytes) -> None:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from edge.crypto.cert import DEFAULT_SKEW
 from edge.login.errors import MailboxFull, NoSuchUser, NotAllowed, StoreUsageError, UserExists
 from edge.login.migrations import LATEST, MIGRATIONS
 from edge.login.store import (
@@ -26,7 +27,12 @@ from edge.login.store import (
     User,
 )
 from edge.login.stores import StoreUrlError, open_store
-from edge.wire.messages import BuddyOp, BuddyState
+from edge.wire.messages import (
+    PRESENCE_LIFETIME_MAX,
+    REVOCATION_RETENTION,
+    BuddyOp,
+    BuddyState,
+)
 
 T = TypeVar("T")
 
@@ -209,12 +215,12 @@ def test_enrolling_again_with_new_keys_replaces_them_and_revokes_old_certificate
     store.enrol_device("alice", "phone", SIGN, DH, 100)
     store.enrol_device("alice", "door", SIGN, DH, 100)
     store.record_certificate(certificate(1))
-    store.record_certificate(certificate(2, not_after=150))  # expired by then
+    store.record_certificate(certificate(2, not_after=150))  # expired, records may live on
     store.record_certificate(certificate(3, device_id="door"))
     again = store.enrol_device("alice", "phone", NEW_SIGN, NEW_DH, 200)
     assert again == Device("alice", "phone", NEW_SIGN, NEW_DH, 200, 200, False)
     assert store.get_device("alice", "phone") == again
-    assert store.revocations(200) == (1, [1])
+    assert store.revocations(200) == (1, [1, 2])
 
 
 def test_enrolling_again_with_the_same_keys_changes_nothing(store: Store) -> None:
@@ -245,18 +251,19 @@ def test_recording_a_certificate_needs_a_device_and_a_new_serial(store: Store) -
         store.record_certificate(certificate(1, not_after=5000))
 
 
-def test_revoking_a_device_revokes_its_unexpired_certificates(store: Store) -> None:
+def test_revoking_a_device_revokes_its_certificates_within_the_retention(store: Store) -> None:
     add_users(store, "alice")
     store.enrol_device("alice", "phone", SIGN, DH, 100)
     store.enrol_device("alice", "door", SIGN, DH, 100)
     store.record_certificate(certificate(10))
-    store.record_certificate(certificate(11, not_after=150))
+    store.record_certificate(certificate(11, not_after=150))  # expired, but its records live
     store.record_certificate(certificate(12))
     store.record_certificate(certificate(13, device_id="door"))
-    assert store.revoke_device("alice", "phone", 200) == [10, 12]
+    store.record_certificate(certificate(14, not_after=200 - REVOCATION_RETENTION))  # long gone
+    assert store.revoke_device("alice", "phone", 200) == [10, 11, 12]
     device = store.get_device("alice", "phone")
     assert device is not None and device.revoked
-    assert store.revocations(200) == (1, [10, 12])
+    assert store.revocations(200) == (1, [10, 11, 12])
     assert store.revoke_device("alice", "phone", 210) == []  # nothing left to revoke
 
 
@@ -268,15 +275,35 @@ def test_revoking_an_unknown_device_raises_no_such_user(store: Store) -> None:
         store.revoke_device("bob", "phone", 100)
 
 
-def test_revocations_leave_out_expired_certificates(store: Store) -> None:
+def test_revocations_leave_out_certificates_expired_beyond_the_retention(store: Store) -> None:
     add_users(store, "alice")
     store.enrol_device("alice", "phone", SIGN, DH, 100)
     store.record_certificate(certificate(1, not_after=500))
     store.record_certificate(certificate(2, not_after=1000))
     store.revoke_device("alice", "phone", 200)
     assert store.revocations(200) == (1, [1, 2])
-    assert store.revocations(500) == (1, [2])
-    assert store.revocations(1000) == (1, [])
+    assert store.revocations(1000) == (1, [1, 2])
+    assert store.revocations(500 + REVOCATION_RETENTION) == (1, [2])
+    assert store.revocations(1000 + REVOCATION_RETENTION) == (1, [])
+
+
+def test_a_revoked_serial_is_listed_while_a_presence_record_under_it_can_be_found(
+    store: Store,
+) -> None:
+    """A 24-hour certificate signs a record just before it expires; the device is revoked
+    after the certificate has expired: the serial is listed for as long as any holder
+    (its clock up to DEFAULT_SKEW behind, the window checked with that skew) finds the record."""
+    issued, not_after = 10_000, 10_000 + 24 * 3600
+    add_users(store, "alice")
+    store.enrol_device("alice", "phone", SIGN, DH, issued)
+    store.record_certificate(IssuedCertificate(5, "alice", "phone", not_after, issued_at=issued))
+    revoked_at = not_after + 3600
+    assert store.revoke_device("alice", "phone", revoked_at) == [5]
+    record_issued_at = not_after + int(DEFAULT_SKEW)  # the latest the window check accepts
+    found_until = record_issued_at + PRESENCE_LIFETIME_MAX + int(DEFAULT_SKEW)
+    for now in (revoked_at, not_after + PRESENCE_LIFETIME_MAX, found_until):
+        assert store.revocations(now) == (1, [5]), now
+    assert store.revocations(not_after + REVOCATION_RETENTION) == (1, [])
 
 
 def test_the_revocation_version_grows_with_every_revocation(store: Store) -> None:

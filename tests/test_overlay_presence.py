@@ -1,4 +1,8 @@
-"""Signed presence records: codec, every refusal with its reason, storage on k nodes, 72 hours."""
+"""Signed presence records: codec, every refusal with its reason, storage on k nodes, 72 hours.
+
+Certificates here last 24 hours, as the login server issues them by default:
+records must stay findable for 72 hours all the same.
+"""
 
 import math
 import random
@@ -38,6 +42,7 @@ from edge.wire.messages import (
     PRESENCE_CONTEXT,
     PRESENCE_FINDABLE,
     PRESENCE_LIFETIME_MAX,
+    REVOCATION_RETENTION,
     SIGNED_PRESENCE_MAX,
     CandidateKind,
     Transport,
@@ -47,6 +52,8 @@ from edge.wire.messages import (
 
 NOW = 1_700_000_000
 HOUR = 3600
+CERT_LIFETIME = 24 * HOUR
+"""The login server's default certificate lifetime."""
 ISSUER = IssuerKey.generate()
 ALICE_DESK = DeviceKeys.generate()
 ALICE_DOOR = DeviceKeys.generate()
@@ -75,7 +82,7 @@ def certificate(
     *,
     issuer: IssuerKey = ISSUER,
     serial: int = 1,
-    valid_for: int = 100 * HOUR,
+    valid_for: int = CERT_LIFETIME,
 ) -> bytes:
     return issue(
         issuer,
@@ -271,10 +278,26 @@ def test_two_devices_of_one_user_fill_two_slots() -> None:
     assert store.get(key, NOW) == (record(ALICE_DOOR, door_cert, seq=9), record(seq=1))
 
 
-def test_the_verdict_ends_when_the_certificate_does() -> None:
+def test_the_verdict_ends_when_the_record_does_not_the_certificate() -> None:
     short = certificate(ALICE_DESK, serial=3, valid_for=2 * HOUR)
     verdict = verify_presence(ALICE, record(cert=short), trust(), NOW).verdict
-    assert verdict.expires == NOW + 2 * HOUR + DEFAULT_SKEW
+    assert verdict.expires == NOW + PRESENCE_LIFETIME_MAX
+
+
+def test_a_record_signed_under_a_24_hour_certificate_is_found_72_hours_later() -> None:
+    signed_at = NOW + CERT_LIFETIME - HOUR  # the device's last login, an hour before expiry
+    raw = record(seq=3, now=signed_at)
+    validator = presence_validator(trust(), None, Clock(signed_at + PRESENCE_FINDABLE))
+    store = RecordStore(validator)
+    later = signed_at + PRESENCE_FINDABLE  # 71 hours after the certificate expired
+    assert store.put(key_for_user("alice"), raw, later).expires == signed_at + (
+        PRESENCE_LIFETIME_MAX
+    )
+    assert store.get(key_for_user("alice"), later) == (raw,)
+    verify_presence(ALICE, raw, trust(), signed_at + PRESENCE_LIFETIME_MAX - 1)
+    err = refusal(raw, now=signed_at + PRESENCE_LIFETIME_MAX)
+    assert isinstance(err, errors.PresenceExpired)
+    assert not validator.refusals
 
 
 # ---------------------------------------------------------------- refused, each for its reason
@@ -284,6 +307,8 @@ def test_every_bit_flip_is_refused() -> None:
     raw = record()
     cert_start = raw.index(ALICE_DESK_CERT)
     cert_end = cert_start + len(ALICE_DESK_CERT)
+    issued_at = range(cert_end + 8, cert_end + 16)  # after the sequence
+    assert raw[issued_at.start : issued_at.stop] == NOW.to_bytes(8, "big")
     store = RecordStore(presence_validator(trust(), None, Clock()))
     for bit in range(8 * len(raw)):
         flipped = bytearray(raw)
@@ -292,10 +317,26 @@ def test_every_bit_flip_is_refused() -> None:
         with pytest.raises(errors.RecordRefused):
             store.put(key_for_user("alice"), bytes(flipped), NOW)
         if bit // 8 >= cert_start:  # else a header field: any refusal will do
-            in_cert = bit // 8 < cert_end
-            why = errors.PresenceCertificateRefused if in_cert else errors.PresenceBadSignature
-            assert isinstance(err, why | errors.MalformedPresence), bit
+            assert isinstance(err, _flip_refusal(bit // 8, cert_end, issued_at)), bit
     assert len(store) == 0
+
+
+def _flip_refusal(at: int, cert_end: int, issued_at: range) -> tuple[type, ...]:
+    """The refusals a flipped byte ``at`` may earn, once past the record's header fields.
+
+    In the certificate, the certificate's; elsewhere a bad signature (or times
+    out of order), and in issued_at, the time the certificate is checked at,
+    also the certificate's, as issued_at may leave its validity window first.
+    """
+    if at < cert_end:
+        return (errors.PresenceCertificateRefused, errors.MalformedPresence)
+    if at in issued_at:
+        return (
+            errors.PresenceCertificateRefused,
+            errors.PresenceBadSignature,
+            errors.MalformedPresence,
+        )
+    return (errors.PresenceBadSignature, errors.MalformedPresence)
 
 
 def test_every_cut_or_extended_record_is_malformed() -> None:
@@ -407,12 +448,55 @@ def test_revoked_certificate() -> None:
     assert (err.reason, err.code) == ("certificate-revoked", ErrorCode.CERT_REVOKED)
 
 
-def test_expired_certificate() -> None:
+def test_issued_after_the_certificate_expired() -> None:
     short = certificate(ALICE_DESK, serial=4, valid_for=HOUR)
-    raw = record(cert=short)
-    err = refusal(raw, now=NOW + HOUR + DEFAULT_SKEW + 1)
+    last = NOW + HOUR + DEFAULT_SKEW  # the end of the window, skew included
+    verify_presence(ALICE, record(cert=short, now=last), trust(), last)
+    late = last + 1
+    err = refusal(record(cert=short, now=late), now=late)
     assert isinstance(err, errors.PresenceCertificateRefused)
     assert (err.reason, err.code) == ("certificate-expired", ErrorCode.CERT_EXPIRED)
+    assert f"checked at its issued_at: certificate serial 4 expired at {NOW + HOUR}" in str(err)
+
+
+def test_issued_before_the_certificate_was_valid() -> None:
+    early = NOW - 60 - DEFAULT_SKEW - 1  # the certificates here start at NOW - 60
+    err = refusal(record(now=early))
+    assert isinstance(err, errors.PresenceCertificateRefused)
+    assert (err.reason, err.code) == ("certificate-not-yet-valid", ErrorCode.CERT_NOT_YET_VALID)
+    verify_presence(ALICE, record(now=early + 1), trust(), NOW)
+
+
+def revoke(store: TrustStore, cache: RevocationCache, now: float, *serials: int) -> None:
+    """Apply the issuer's revocation list of ``serials``, signed at ``now``."""
+    version = cache.known_version(ISSUER.key_id) + 1
+    raw = sign_revocations(
+        ISSUER, version=version, issued_at=int(now), next_update=int(now) + HOUR, serials=serials
+    )
+    cache.apply(verify_revocations(raw, store, now))
+
+
+def test_a_certificate_revoked_after_issuing_refuses_its_records() -> None:
+    store = trust()
+    cache = RevocationCache(store)
+    clock = Clock(NOW)
+    validator = presence_validator(store, cache, clock)
+    raw = record()
+    assert validator(ALICE, raw) is not None
+    clock.now = NOW + CERT_LIFETIME + 6 * HOUR  # the certificate has expired since
+    assert validator(ALICE, raw) is not None
+    revoke(store, cache, clock.now, 1)
+    assert validator(ALICE, raw) is None
+    assert validator.refusals == {"certificate-revoked": 1}
+    err = refusal(raw, now=clock.now, store=store)
+    assert (err.reason, err.code) == ("certificate-revoked", ErrorCode.CERT_REVOKED)
+
+
+def test_revocations_are_listed_as_long_as_a_record_can_be_found() -> None:
+    not_after = NOW + CERT_LIFETIME
+    latest_issued_at = not_after + DEFAULT_SKEW  # the last the window check lets through
+    last_found = latest_issued_at + PRESENCE_LIFETIME_MAX + DEFAULT_SKEW  # by a clock behind
+    assert last_found <= not_after + REVOCATION_RETENTION
 
 
 def test_garbage_is_malformed() -> None:

@@ -33,6 +33,7 @@ from edge.wire.messages import (
     MAX_BODY,
     MAX_MESSAGE,
     REVOKED_SERIALS_MAX,
+    SIGNED_PRESENCE_MAX,
     BuddyOp,
     Codec,
     Frame,
@@ -44,9 +45,10 @@ from edge.wire.messages import (
     encode,
     parse_certificate,
     parse_certificate_tbs,
+    parse_dialback_attestation,
     parse_handshake_payload,
-    parse_presence_record,
     parse_revocation_list,
+    parse_signed_presence,
     parse_signed_revocation_list,
 )
 
@@ -389,15 +391,24 @@ def test_bounded_value_out_of_range() -> None:
 
 
 def test_bad_address_family_is_malformed() -> None:
-    record_head = b"\x00" + b"\x00\x00"
-    body = record_head + b"\x05" + bytes(6) + b"\x00" + bytes(16) + bytes(64)
-    with pytest.raises(Malformed, match=r"record\.supernode\.ip: address family must be 4 or 6"):
-        decode(_message(MsgType.PRESENCE_PUBLISH, body))
+    contact_head = bytes(4) + b"\x01" + bytes(32)  # request_id, one contact, node_id
+    body = contact_head + b"\x05" + bytes(6)
+    with pytest.raises(
+        Malformed, match=r"contacts\[0\]\.address\.ip: address family must be 4 or 6"
+    ):
+        decode(_message(MsgType.DHT_NODES, body))
 
 
 def test_required_address_cannot_be_none() -> None:
-    body = b"\x00" + b"\x00\x00" + b"\x00" + b"\x00" + bytes(16) + bytes(64)
-    with pytest.raises(Malformed, match=r"record\.supernode: address required"):
+    body = bytes(4) + b"\x01" + bytes(32) + b"\x00"
+    with pytest.raises(Malformed, match=r"contacts\[0\]\.address: address required"):
+        decode(_message(MsgType.DHT_NODES, body))
+
+
+def test_presence_publish_over_the_record_cap_is_oversized() -> None:
+    # The prefix alone: a whole record would already exceed the body cap in the header.
+    body = bytes(4) + struct.pack(">H", SIGNED_PRESENCE_MAX + 1)
+    with pytest.raises(Oversized, match=f"record: {SIGNED_PRESENCE_MAX + 1} bytes"):
         decode(_message(MsgType.PRESENCE_PUBLISH, body))
 
 
@@ -455,7 +466,16 @@ IM = {
             | {"payload": bytes(1201)},
             "payload",
         ),
-        (MsgType.PRESENCE_RESULT, {"request_id": 0, "records": [{}] * 9}, "records"),
+        (
+            MsgType.PRESENCE_RESULT,
+            {"request_id": 0, "code": 0, "stored": 0, "records": [b""] * 9},
+            "records",
+        ),
+        (
+            MsgType.PRESENCE_PUBLISH,
+            {"request_id": 0, "record": bytes(SIGNED_PRESENCE_MAX + 1)},
+            "record",
+        ),
     ],
 )
 def test_over_cap_on_build_is_a_local_error(
@@ -568,8 +588,9 @@ def test_wrappers_refuse_garbage_with_our_errors() -> None:
     for parse in (
         parse_certificate,
         parse_certificate_tbs,
-        parse_presence_record,
+        parse_signed_presence,
         parse_handshake_payload,
+        parse_dialback_attestation,
     ):
         with pytest.raises(WireError):
             parse(b"\x01\x02\x03")

@@ -16,7 +16,6 @@ revocation, then the validity window.
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from edge.crypto.errors import (
@@ -28,6 +27,7 @@ from edge.crypto.errors import (
     UnknownIssuer,
 )
 from edge.crypto.keys import IssuerKey, key_id
+from edge.crypto.signing import verify_or_raise
 from edge.errors import LocalError
 from edge.wire.messages import build_certificate_tbs, parse_certificate
 
@@ -115,6 +115,12 @@ class TrustStore:
     ) -> Certificate:
         """Check ``raw`` completely; return the certificate or raise the specific error.
 
+        ``now`` is the time the validity window is checked at: the current
+        time for a peer in a handshake, the signing time for something the
+        certificate's key signed earlier (a presence record, at its
+        ``issued_at``). Revocation is checked against the lists held now,
+        whatever ``now`` is.
+
         ``dh_key`` is the Noise static key the peer proved it holds: the
         certificate must name exactly that key. ``user_id``, when given, is
         the user the caller expected to reach.
@@ -145,13 +151,15 @@ class TrustStore:
                 f"certificate serial {cert.serial} for {cert.user_id!r}: "
                 f"issuer {cert.issuer_key_id.hex()} is not trusted here"
             )
-        try:
-            verifier.verify(tbs, signature)
-        except BadSignatureError:
-            raise BadSignature(
+        verify_or_raise(
+            verifier,
+            tbs,
+            signature,
+            lambda: BadSignature(
                 f"certificate serial {cert.serial}: signature by issuer "
                 f"{cert.issuer_key_id.hex()} does not verify"
-            ) from None
+            ),
+        )
 
     def _check_revoked(self, cert: Certificate) -> None:
         if cert.serial in self._revoked.get(cert.issuer_key_id, frozenset()):

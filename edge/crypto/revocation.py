@@ -29,11 +29,10 @@ Pure computation: the caller passes ``now``.
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nacl.exceptions import BadSignatureError
-
 from edge.crypto.cert import TrustStore
 from edge.crypto.errors import BadSignature, StaleRevocations, UnknownIssuer
 from edge.crypto.keys import IssuerKey
+from edge.crypto.signing import verify_or_raise
 from edge.errors import LocalError
 from edge.wire.messages import build_revocation_list, parse_signed_revocation_list
 
@@ -124,13 +123,15 @@ def _check_signature(
             f"revocation list version {verified.version}: issuer "
             f"{verified.issuer_key_id.hex()} is not trusted here"
         )
-    try:
-        verifier.verify(signed_part, signature)
-    except BadSignatureError:
-        raise BadSignature(
+    verify_or_raise(
+        verifier,
+        signed_part,
+        signature,
+        lambda: BadSignature(
             f"revocation list version {verified.version}: signature by issuer "
             f"{verified.issuer_key_id.hex()} does not verify"
-        ) from None
+        ),
+    )
 
 
 def _check_fresh(verified: VerifiedRevocations, now: float, skew: float) -> None:

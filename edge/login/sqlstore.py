@@ -41,7 +41,7 @@ from edge.login.store import (
     Quota,
     User,
 )
-from edge.wire.messages import BuddyOp, BuddyState
+from edge.wire.messages import REVOCATION_RETENTION, BuddyOp, BuddyState
 
 T = TypeVar("T")
 
@@ -314,9 +314,14 @@ def _revoke_device(tx: Tx, user_id: str, device_id: str, now: int) -> list[int]:
 
 
 def _revoke_certificates(tx: Tx, user_id: str, device_id: str, now: int) -> list[int]:
-    """Revoke the device's unexpired certificates; bump the version if there were any."""
+    """Revoke the device's certificates that still count; bump the version if there were any.
+
+    A certificate counts until :data:`REVOCATION_RETENTION` after its not_after
+    (see :func:`_retained_after`), so one that expired an hour ago is revoked
+    too: presence records signed under it may still be found.
+    """
     where = "WHERE user_id = ? AND device_id = ? AND revoked_at IS NULL AND not_after > ?"
-    params = (user_id, device_id, now)
+    params = (user_id, device_id, _retained_after(now))
     rows = tx.rows(f"SELECT serial FROM certificates {where}{_FOR_UPDATE[tx.dialect]}", params)
     if not rows:
         return []
@@ -326,11 +331,25 @@ def _revoke_certificates(tx: Tx, user_id: str, device_id: str, now: int) -> list
 
 
 def _revocations(tx: Tx, now: int) -> tuple[int, list[int]]:
+    """The version and the revoked serials still listed: not_after within the retention."""
     (version,) = tx.rows("SELECT version FROM revocation_version")[0]
     rows = tx.rows(
-        "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ?", (now,)
+        "SELECT serial FROM certificates WHERE revoked_at IS NOT NULL AND not_after > ?",
+        (_retained_after(now),),
     )
     return int(version), sorted(_serial_from_db(row[0]) for row in rows)
+
+
+def _retained_after(now: int) -> int:
+    """The not_after a certificate must exceed for its revocation to still be listed.
+
+    Presence records are checked against their certificate at their own
+    issued_at and live up to ``PRESENCE_LIFETIME_MAX`` beyond it, so a record
+    signed just before not_after is found for that long after it. Were the
+    serial dropped at not_after, a revoked device's last records would be
+    accepted again; it stays listed for :data:`REVOCATION_RETENTION` instead.
+    """
+    return now - REVOCATION_RETENTION
 
 
 def _serial_to_db(serial: int) -> int:

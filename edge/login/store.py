@@ -113,7 +113,7 @@ class Store(Protocol):
         self, user_id: str, device_id: str, sign_key: bytes, dh_key: bytes, now: int
     ) -> Device:
         """Create the device, or replace its keys when it enrols again (which revokes
-        every unexpired certificate of its old keys). Raises NoSuchUser."""
+        every certificate of its old keys that revoke_device would revoke). Raises NoSuchUser."""
         ...
 
     def get_device(self, user_id: str, device_id: str) -> Device | None: ...
@@ -125,13 +125,20 @@ class Store(Protocol):
         ...
 
     def revoke_device(self, user_id: str, device_id: str, now: int) -> list[int]:
-        """Mark the device revoked and revoke its unexpired certificates; return their
-        serials. Raises NoSuchUser when user or device is unknown."""
+        """Mark the device revoked and revoke its certificates that are not yet expired
+        or expired less than REVOCATION_RETENTION ago; return their serials. Raises
+        NoSuchUser when user or device is unknown."""
         ...
 
     def revocations(self, now: int) -> tuple[int, list[int]]:
-        """(version, serials of revoked certificates not yet expired). The version grows
-        with every revocation, so a cached list can be compared cheaply."""
+        """(version, serials of revoked certificates whose not_after is less than
+        REVOCATION_RETENTION ago). The version grows with every revocation, so a cached
+        list can be compared cheaply.
+
+        Why past not_after: a presence record is checked against its certificate at
+        its own issued_at, so it is found for up to PRESENCE_LIFETIME_MAX after the
+        certificate expired; its serial must stay listed that long (and a margin for
+        clocks), or the records of a revoked device would come back."""
         ...
 
     # -- buddies (transitions from edge.login.buddies)

@@ -20,16 +20,28 @@ after signing) the device counts as online; it signs a new record every
 ``issued_at``" and stays findable until ``expires``: 72 hours and one of
 margin after signing (:data:`~edge.wire.messages.PRESENCE_LIFETIME_MAX`),
 so, as in the seed, a user who logged in within the last 72 hours is found.
-The record stops validating earlier if its certificate expires or is revoked,
-so a device wanting the full 72 hours needs a certificate that lasts them.
+
+The certificate is judged as it stood when the record was signed: its chain
+and validity window are checked at the record's ``issued_at`` (with the trust
+store's skew), not now. A device whose certificate lasts 24 hours (the login
+server's default) therefore stays findable for the record's whole 72 hours,
+although the certificate expires long before. Signing a new record after
+expiry does not help: ``issued_at`` must lie in the window, so a backdated
+record expires by ``not_after`` (plus the skew) + ``PRESENCE_LIFETIME_MAX``, as
+an honest last record would. Revocation, though, is checked now, against the current lists;
+the login server keeps a revoked serial listed for
+:data:`~edge.wire.messages.REVOCATION_RETENTION` after ``not_after``, longer
+than any record under the certificate can live, so a revoked device's records
+are refused for as long as they could be found.
 
 :func:`verify_presence` runs the checks in a fixed order and raises the
 specific :class:`~edge.overlay.errors.PresenceRefused` for the first that
 fails: the format (and times in order), the certificate (trusted issuer,
-signature, not revoked, valid now), the record's signature, the user (the
-record's and the certificate's, and the key it is stored under), then the
-times (not issued in the future beyond the trust store's skew, lifetime
-within the cap, not expired). :func:`presence_validator` wraps it as the
+signature, valid at ``issued_at``, not revoked now), the record's signature,
+the user (the record's and the certificate's, and the key it is stored under),
+then the times (not issued in the future beyond the trust store's skew,
+lifetime within the cap, not expired). The verdict's expiry is the record's
+own ``expires``. :func:`presence_validator` wraps it as the
 :data:`~edge.overlay.store.Validator` a :class:`~edge.overlay.store.RecordStore`
 takes, and counts refusals by reason. Replays are the store's part: each
 device fills one slot (keyed by its signing key) and an older or equal
@@ -43,13 +55,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-
 from edge.crypto.cert import Certificate, TrustStore
 from edge.crypto.errors import CertificateError
 from edge.crypto.keys import DeviceKeys
 from edge.crypto.revocation import RevocationCache
+from edge.crypto.signing import verify_or_raise
 from edge.overlay.errors import (
     MalformedPresence,
     OverlayMisuse,
@@ -255,34 +265,36 @@ def verify_presence(key: bytes, raw: bytes, trust: TrustStore, now: float) -> Ve
     first check that fails, in the order the module docstring gives.
     """
     presence = parse_presence(raw)
-    cert = _verify_certificate(presence, trust, now)
+    cert = _verify_certificate(presence, trust)
     _check_signature(presence, cert)
     _check_user(key, presence, cert)
     _check_times(presence, now, trust.skew)
-    expires = min(presence.expires, cert.not_after + trust.skew)
-    return VerifiedPresence(presence, cert, Verdict(cert.sign_key, presence.seq, expires))
+    return VerifiedPresence(presence, cert, Verdict(cert.sign_key, presence.seq, presence.expires))
 
 
-def _verify_certificate(presence: Presence, trust: TrustStore, now: float) -> Certificate:
+def _verify_certificate(presence: Presence, trust: TrustStore) -> Certificate:
+    """The certificate as it stood at ``issued_at``; revocation as the trust store holds it now."""
     try:
-        return trust.verify(presence.certificate, now)
+        return trust.verify(presence.certificate, presence.issued_at)
     except WireError as exc:
         raise MalformedPresence(f"presence record seq {presence.seq}: {exc}") from None
     except CertificateError as exc:
         raise PresenceCertificateRefused(
-            f"presence record seq {presence.seq}: {exc}", code=exc.code
+            f"presence record seq {presence.seq}, certificate checked at its issued_at: {exc}",
+            code=exc.code,
         ) from exc
 
 
 def _check_signature(presence: Presence, cert: Certificate) -> None:
-    signed = PRESENCE_CONTEXT + presence.raw[:-SIGNATURE_SIZE]
-    try:
-        VerifyKey(cert.sign_key).verify(signed, presence.signature)
-    except BadSignatureError:
-        raise PresenceBadSignature(
+    verify_or_raise(
+        cert.sign_key,
+        PRESENCE_CONTEXT + presence.raw[:-SIGNATURE_SIZE],
+        presence.signature,
+        lambda: PresenceBadSignature(
             f"presence record seq {presence.seq}: signature does not verify with the signing "
             f"key of certificate serial {cert.serial}"
-        ) from None
+        ),
+    )
 
 
 def _check_user(key: bytes, presence: Presence, cert: Certificate) -> None:

@@ -66,6 +66,8 @@ class MsgType(IntEnum):
     CALL_REJECT = 0x43
     CALL_BYE = 0x44
     PATH_UPDATE = 0x45
+    SIGNAL_FORWARD = 0x46
+    SIGNAL_RELAYED = 0x47
     # Messages and files - 0x5_
     INSTANT_MESSAGE = 0x50
     MESSAGE_RECEIPT = 0x51
@@ -83,6 +85,11 @@ class MsgType(IntEnum):
     MAILBOX_ACK = 0x74
     MAILBOX_STATUS = 0x75
     ERROR = 0x7F
+    # Promotion: dial-back reachability tests of a would-be supernode - 0x8_
+    DIALBACK_REQUEST = 0x80
+    DIALBACK_PROBE = 0x81
+    DIALBACK_CONFIRM = 0x82
+    DIALBACK_RESULT = 0x83
 
 
 class ErrorCode(IntEnum):

@@ -337,23 +337,6 @@ Candidate = Struct(
     "related" / OptionalAddress * "base of a reflexive or relayed candidate; none for host",
 )
 
-PresenceRecord = Struct(
-    "user_id" / UserId * "whose presence this is",
-    "certificate" / CertificateBlob * "the publishing device's certificate, exact signed bytes",
-    "supernode" / Address * "the supernode the device is logged in through",
-    "candidates" / Array(16, Candidate) * "addresses the device can be reached on",
-    "expires_ms" / Millis * "when the record stops being valid; republish before",
-    "sequence" / Int64ub * "grows with each publish; a higher sequence replaces a lower",
-)
-
-SignedPresenceRecord = Struct(
-    "record" / PresenceRecord * "the signed part",
-    "signature" / Signature64 * "Ed25519 by the certificate's sign_key over the record bytes",
-)
-
-DHT_RECORD_MAX = size_range(SignedPresenceRecord)[1]
-"""Bytes of one record the overlay stores: the largest SignedPresenceRecord."""
-
 PRESENCE_FINDABLE = 72 * 3600
 """Seconds a device stays findable after its last publish: the seed's 72 hours."""
 
@@ -362,6 +345,18 @@ PRESENCE_MARGIN = 3600
 
 PRESENCE_LIFETIME_MAX = PRESENCE_FINDABLE + PRESENCE_MARGIN
 """The longest a SignedPresence may live: ``expires - issued_at`` at most this."""
+
+REVOCATION_RETENTION = PRESENCE_LIFETIME_MAX + PRESENCE_MARGIN
+"""Seconds a revoked serial stays on its issuer's revocation lists after the certificate's
+not_after.
+
+A presence record is checked against its certificate at the record's issued_at,
+which may be as late as not_after, and is found until issued_at +
+PRESENCE_LIFETIME_MAX; revocation is checked against the holder's current list.
+So the serial must stay listed for as long as a record signed under the
+certificate can be found, or a revoked device's last record would become valid
+again when its serial left the list. The margin covers the clock skew holders
+allow at both ends of that time."""
 
 PRESENCE_CANDIDATES_MAX = 16
 PRESENCE_CONTEXT = b"edge presence v1\x00"
@@ -402,10 +397,10 @@ SignedPresence = Struct(
 )
 
 SIGNED_PRESENCE_MAX = size_range(SignedPresence)[1]
-"""Largest SignedPresence: it must fit a DHT_STORE record."""
+"""Bytes of the largest SignedPresence."""
 
-if SIGNED_PRESENCE_MAX > DHT_RECORD_MAX:
-    raise BuildError("a SignedPresence can exceed the record a DHT_STORE carries")
+DHT_RECORD_MAX = SIGNED_PRESENCE_MAX
+"""Bytes of one record the overlay stores (DHT_STORE, DHT_VALUES): a SignedPresence."""
 
 DhtId = Bytes(32)
 """A 256-bit overlay node id or key, big-endian (Kademlia §2.1, with 256 bits for 160)."""
@@ -422,13 +417,48 @@ RevocationList = Struct(
     "next_update" / Int64ub * "a fresher list is due by then, Unix seconds; after it, stale",
     "serials"
     / SerialSet(REVOKED_SERIALS_MAX)
-    * "serials of this issuer's revoked certificates that have not expired yet",
+    * f"serials of this issuer's revoked certificates, each until {REVOCATION_RETENTION} s "
+    "after the certificate's not_after",
 )
 
 SignedRevocationList = Struct(
     "revocations" / RevocationList * "the signed part",
     "signature" / Signature64 * "issuer's Ed25519 signature over the encoded RevocationList bytes",
 )
+
+
+# ---------------------------------------------------------------- dial-back (promotion)
+
+DIALBACK_CONTEXT = b"edge dialback v1\x00"
+"""Prefixed to the DialbackTBS bytes before signing, so that no other signed edge
+structure (a certificate, a presence record) can be passed off as an attestation."""
+
+DIALBACK_NONCE_SIZE = 16
+
+DialbackTBS = Struct(
+    "version" / Const(1, Int8ub) * "attestation format version; always 1",
+    "user_id" / UserId * "the client that was dialled back",
+    "device_id" / Text(DEVICE_ID_MAX) * "the client's device",
+    "observed"
+    / Address
+    * "where the probe was sent and confirmed: the IP the client's session came from, and "
+    "the listening port the client named",
+    "supernode"
+    / Address
+    * "the attesting supernode's public address, where the client's session reached it",
+    "issued_at" / Int64ub * "when the supernode signed, Unix seconds",
+    "certificate" / CertificateBlob * "the attesting supernode's certificate, exact signed bytes",
+)
+
+DialbackAttestation = Struct(
+    "tbs" / DialbackTBS * "the signed part",
+    "signature"
+    / Signature64
+    * "Ed25519 by the certificate's sign_key over the context string and the tbs bytes",
+)
+
+DIALBACK_ATTESTATION_MAX = size_range(DialbackAttestation)[1]
+"""Bytes of the largest DialbackAttestation."""
 
 
 @dataclass(frozen=True)
@@ -465,19 +495,6 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         "that static key to a user, and the time, so that old handshakes cannot be replayed.",
     ),
     StructureSpec(
-        "PresenceRecord",
-        PresenceRecord,
-        "Kademlia (Maymounkov and Mazieres, 2002) for the overlay that stores it",
-        "Where a logged-in device can be reached. Signed by its owner (SignedPresenceRecord), "
-        "so the supernodes that store and serve it cannot forge it.",
-    ),
-    StructureSpec(
-        "SignedPresenceRecord",
-        SignedPresenceRecord,
-        "RFC 8032 §5.1.6 (Ed25519 signature)",
-        "A PresenceRecord with its owner's signature over the record's encoded bytes.",
-    ),
-    StructureSpec(
         "SignedPresence",
         SignedPresence,
         "RFC 8032 §5.1.6 (Ed25519 signature); Kademlia (Maymounkov and Mazieres, 2002) §2.5",
@@ -485,15 +502,18 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         "a PresenceTBS and the device's signature over "
         f'the ASCII text "{PRESENCE_CONTEXT[:-1].decode("ascii")}", a zero byte, then '
         "the PresenceTBS bytes. It travels as those bytes verbatim. A holder accepts it only "
-        "when the certificate verifies and is not revoked, is for the user whose key it is "
-        "stored under, the signature verifies with the certificate's sign_key, issued_at is "
-        "not ahead of the holder's clock (beyond the certificate clock skew), online_until "
-        "lies from issued_at to expires, expires has not passed and is at most "
+        "when the certificate verifies as it stood at issued_at (trusted issuer, signature, "
+        "issued_at within its validity window) and is not revoked now, is for the user whose "
+        "key it is stored under, the signature verifies with the certificate's sign_key, "
+        "issued_at is not ahead of the holder's clock (beyond the certificate clock skew), "
+        "online_until lies from issued_at to expires, expires has not passed and is at most "
         f"{PRESENCE_LIFETIME_MAX} s ({PRESENCE_FINDABLE // 3600} h and "
         f"{PRESENCE_MARGIN // 3600} h of margin) after issued_at, so a device that published "
-        "within the last 72 hours is found even if it has been offline since. Each device "
+        "within the last 72 hours is found even if it has been offline since and its "
+        "certificate has expired since (issuers keep revoked serials listed for "
+        f"{REVOCATION_RETENTION} s after not_after, see RevocationList). Each device "
         "fills its own slot of the key; a higher sequence replaces a lower one, an older "
-        "one is refused as a replay. Supersedes SignedPresenceRecord in the overlay.",
+        "one is refused as a replay.",
     ),
     StructureSpec(
         "PresenceTBS",
@@ -525,7 +545,10 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         "The serials a login-server key has revoked. Like an X.509 CRL it names its issuer "
         "and says when the next one is due, so a receiver can tell an old list from a "
         "current one; unlike one, it lists only serials, since edge certificates are short-lived "
-        "and a serial leaves the list once its certificate has expired.",
+        f"and a serial leaves the list {REVOCATION_RETENTION} s after its certificate has expired: "
+        "as long as a presence record signed while the certificate was valid may still be found "
+        f"({PRESENCE_LIFETIME_MAX} s after its issued_at), and {PRESENCE_MARGIN} s of margin for "
+        "clocks that disagree.",
     ),
     StructureSpec(
         "SignedRevocationList",
@@ -539,6 +562,30 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         Candidate,
         "RFC 8445 §5.1.1 (gathering), §5.1.2 (priority); RFC 8839 §5.1 (related address)",
         "One transport address at which a device may receive media, as ICE defines it.",
+    ),
+    StructureSpec(
+        "DialbackAttestation",
+        DialbackAttestation,
+        "RFC 8032 §5.1.6 (Ed25519 signature)",
+        "A supernode's signed statement that it dialled a client back: a probe sent from a "
+        "fresh UDP socket (not the port the client's session uses) to the observed address "
+        "arrived, and the client proved it by returning the probe's nonce inside its session. "
+        "The signature is over "
+        f'the ASCII text "{DIALBACK_CONTEXT[:-1].decode("ascii")}", a zero byte, then the '
+        "DialbackTBS bytes; the structure travels as those bytes verbatim. It carries the "
+        "supernode's certificate, so anyone trusting the issuer can check it without asking "
+        "the supernode. A client collects such attestations from supernodes on different IP "
+        "addresses (three by default) and shows them when it asks to serve as a supernode: "
+        "reachability verified by others, not self-reported. A verifier accepts one when the "
+        "certificate verifies as it stood at issued_at, the signature verifies with its "
+        "sign_key, it names the client asking, and issued_at is recent (24 h by default).",
+    ),
+    StructureSpec(
+        "DialbackTBS",
+        DialbackTBS,
+        "RFC 8032 (Ed25519 keys)",
+        "The signed part of a DialbackAttestation: who was reached, at which address, by "
+        "which supernode, when.",
     ),
 )
 
@@ -756,12 +803,13 @@ DEVICE_KEYS = MessageSpec(
 PRESENCE_PUBLISH = MessageSpec(
     MsgType.PRESENCE_PUBLISH,
     Struct(
-        "record" / PresenceRecord * "where the device can be reached",
-        "signature" / Signature64 * "Ed25519 by the device's sign_key over the record bytes",
+        "request_id" / Int32ub * "echoed in the PRESENCE_RESULT",
+        "record" / Blob(SIGNED_PRESENCE_MAX) * "one SignedPresence, its exact signed bytes",
     ),
-    "Kademlia (Maymounkov and Mazieres, 2002) for the overlay; RFC 8445 §5.1.1 (candidates)",
-    "A client tells its supernode where it can be reached; the supernode stores the "
-    "signed record in the overlay under the user id until it expires.",
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (STORE); RFC 8032 §5.1.6 (signature)",
+    "A device hands its supernode a presence record it signed. The supernode checks it as "
+    "any holder would, stores it at the k overlay nodes closest to the user's key, and "
+    "answers PRESENCE_RESULT: OK and on how many nodes it was stored, or why it was refused.",
 )
 
 PRESENCE_LOOKUP = MessageSpec(
@@ -777,12 +825,20 @@ PRESENCE_LOOKUP = MessageSpec(
 PRESENCE_RESULT = MessageSpec(
     MsgType.PRESENCE_RESULT,
     Struct(
-        "request_id" / Int32ub * "from the PRESENCE_LOOKUP",
-        "records" / Array(8, SignedPresenceRecord) * "one per device online; empty if none",
+        "request_id" / Int32ub * "from the PRESENCE_PUBLISH or PRESENCE_LOOKUP",
+        "code"
+        / EnumField(ErrorCode, 2, accept_unknown=True)
+        * "OK; NOT_FOUND for a lookup that found nothing; for a publish, why the record was "
+        "refused (e.g. a CERT_ code, REPLAYED)",
+        "stored" / Int8ub * "publish: on how many overlay nodes the record was stored; lookup: 0",
+        "records"
+        / Array(DHT_RECORDS_MAX, Blob(SIGNED_PRESENCE_MAX))
+        * "lookup: the records found, each a SignedPresence's exact bytes; publish: empty",
     ),
-    "Kademlia (Maymounkov and Mazieres, 2002), FIND_VALUE",
-    "The signed presence records found. The receiver checks each signature and "
-    "certificate before using a record.",
+    "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (STORE, FIND_VALUE)",
+    "The answer to PRESENCE_PUBLISH or PRESENCE_LOOKUP. The receiver of a lookup's records "
+    "checks each one (signature, certificate, user, times) before using it, as the "
+    "supernode did.",
 )
 
 SEARCH = MessageSpec(
@@ -871,7 +927,7 @@ DHT_VALUES = MessageSpec(
         "request_id" / Int32ub * "from the DHT_FIND_VALUE",
         "records"
         / Array(DHT_RECORDS_MAX, Blob(DHT_RECORD_MAX))
-        * "the records held under the key, each a SignedPresenceRecord's exact bytes",
+        * "the records held under the key, each a SignedPresence's exact bytes",
     ),
     "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (FIND_VALUE); RFC 8032 §5.1.6 (signatures)",
     "The records held under a key, at most one per slot. The overlay does not trust the "
@@ -883,7 +939,7 @@ DHT_STORE = MessageSpec(
     Struct(
         "request_id" / Int32ub * "chosen by the sender, echoed in the DHT_STORED",
         "key" / DhtId * "the key to keep the record under",
-        "record" / Blob(DHT_RECORD_MAX) * "a SignedPresenceRecord's exact bytes",
+        "record" / Blob(DHT_RECORD_MAX) * "a SignedPresence's exact bytes",
     ),
     "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (STORE), §2.5 (republishing)",
     "Asks the receiver to keep a record under key, replacing an older sequence in the "
@@ -1018,6 +1074,45 @@ PATH_UPDATE = MessageSpec(
     ),
     "RFC 8445 §8.1.1 (nominating pairs)",
     "The sender switched the call's media to another candidate pair, e.g. after the old path died.",
+)
+
+SIGNAL_PAYLOAD_MAX = 1200
+"""Bytes of one forwarded signalling datagram: a Noise handshake message with a
+certificate, or call signalling inside the clients' session, with room to spare
+under a 1,280-byte path MTU once the two envelopes are added."""
+
+SIGNAL_FORWARD = MessageSpec(
+    MsgType.SIGNAL_FORWARD,
+    Struct(
+        "to_user" / UserId * "whom it is for",
+        "to_device" / Text(DEVICE_ID_MAX) * "one device of that user, or empty for every device",
+        "payload"
+        / Blob(SIGNAL_PAYLOAD_MAX)
+        * "an edge datagram of the two clients' own session (handshake or TRANSPORT)",
+    ),
+    "edge rendezvous (no external spec); the seed's supernode-relayed signalling",
+    "A client asks its supernode to carry bytes to another user's devices, before the two "
+    "have a path of their own. The supernode answers nothing; it stamps the sender and "
+    "passes it on as SIGNAL_RELAYED to the devices' supernodes, found by their presence.",
+)
+
+SIGNAL_RELAYED = MessageSpec(
+    MsgType.SIGNAL_RELAYED,
+    Struct(
+        "to_user" / UserId * "from the SIGNAL_FORWARD",
+        "to_device" / Text(DEVICE_ID_MAX) * "from the SIGNAL_FORWARD",
+        "from_user" / UserId * "the sender, as its certificate names it to the first supernode",
+        "from_device" / Text(DEVICE_ID_MAX) * "the sender's device, likewise",
+        "from_address"
+        / Address
+        * "where the sender's session reached the first supernode: its reflexive address",
+        "payload" / Blob(SIGNAL_PAYLOAD_MAX) * "from the SIGNAL_FORWARD, unchanged",
+    ),
+    "edge rendezvous (no external spec); RFC 8445 §5.1.1.2 (server-reflexive candidates)",
+    "Signalling on its way: from the sender's supernode to the recipient's supernode, and "
+    "from there to the recipient's devices attached to it. A supernode delivers it only "
+    "to its own devices and never forwards it again. The from_ fields are hints for "
+    "routing and hole punching; the payload's own session authenticates the sender.",
 )
 
 INSTANT_MESSAGE = MessageSpec(
@@ -1184,6 +1279,69 @@ ERROR = MessageSpec(
     "Reports that a message was refused. Never sent in answer to an ERROR.",
 )
 
+# ---------------------------------------------------------------- dial-back (promotion) messages
+
+DIALBACK_REQUEST = MessageSpec(
+    MsgType.DIALBACK_REQUEST,
+    Struct(
+        "request_id" / Int32ub * "chosen by the client, echoed in the DIALBACK_RESULT",
+        "port" / Bounded(2, 1, 0xFFFF) * "the client's listening port P, where the probe goes",
+    ),
+    "edge promotion (no external spec); the idea of RFC 5780 §4.4 (filtering behaviour)",
+    "A client that its operator allows to become a supernode asks a supernode, inside its "
+    "session, to test whether it can be reached unsolicited. The supernode sends a "
+    "DIALBACK_PROBE to the IP the session comes from (never another) at the given port, and "
+    "answers DIALBACK_RESULT: at once with RATE_LIMITED or BUSY when it will not test, "
+    "else when the client confirms or the test times out.",
+)
+
+DIALBACK_PROBE = MessageSpec(
+    MsgType.DIALBACK_PROBE,
+    Struct(
+        "nonce"
+        / Bytes(DIALBACK_NONCE_SIZE)
+        * "fresh random bytes the client returns in DIALBACK_CONFIRM",
+        "supernode_key_id"
+        / Bytes(8)
+        * "key id of the supernode's sign_key: which session to confirm in",
+    ),
+    "edge promotion (no external spec); the idea of RFC 5780 §4.4 (filtering behaviour)",
+    "Sent in clear, outside any session, from a fresh UDP socket of the supernode: a NAT "
+    "mapping or firewall state the client's session opened does not let it through, so it "
+    "arrives only where unsolicited traffic does. Smaller than the request that caused it, "
+    "and never answered on the path it came from: the client returns the nonce inside its "
+    "session, so a forged source address gains nothing.",
+)
+
+DIALBACK_CONFIRM = MessageSpec(
+    MsgType.DIALBACK_CONFIRM,
+    Struct(
+        "request_id" / Int32ub * "from the DIALBACK_REQUEST",
+        "nonce" / Bytes(DIALBACK_NONCE_SIZE) * "from the DIALBACK_PROBE that arrived",
+    ),
+    "edge promotion (no external spec)",
+    "The client got the probe: it returns the nonce inside the session it asked in. One "
+    "try per test: a wrong nonce ends the test as unreachable.",
+)
+
+DIALBACK_RESULT = MessageSpec(
+    MsgType.DIALBACK_RESULT,
+    Struct(
+        "request_id" / Int32ub * "from the DIALBACK_REQUEST",
+        "code"
+        / EnumField(ErrorCode, 2, accept_unknown=True)
+        * "OK: the test ran; RATE_LIMITED or BUSY: it did not, ask later",
+        "reachable" / Bool8 * "1: the right nonce came back in time; 0 otherwise",
+        "observed" / OptionalAddress * "where the probe was sent; none when no test ran",
+        "attestation"
+        / Blob(DIALBACK_ATTESTATION_MAX)
+        * "reachable: a DialbackAttestation, its exact signed bytes; else empty",
+    ),
+    "edge promotion (no external spec); RFC 8032 §5.1.6 (the attestation's signature)",
+    "The outcome of a dial-back test, inside the session. When the client was reached it "
+    "carries the supernode's signed attestation, which the client keeps and shows later.",
+)
+
 SPECS: dict[MsgType, MessageSpec] = {
     spec.type: spec
     for spec in (
@@ -1227,6 +1385,8 @@ SPECS: dict[MsgType, MessageSpec] = {
         CALL_REJECT,
         CALL_BYE,
         PATH_UPDATE,
+        SIGNAL_FORWARD,
+        SIGNAL_RELAYED,
         INSTANT_MESSAGE,
         MESSAGE_RECEIPT,
         FILE_OFFER,
@@ -1241,6 +1401,10 @@ SPECS: dict[MsgType, MessageSpec] = {
         MAILBOX_ACK,
         MAILBOX_STATUS,
         ERROR,
+        DIALBACK_REQUEST,
+        DIALBACK_PROBE,
+        DIALBACK_CONFIRM,
+        DIALBACK_RESULT,
     )
 }
 
@@ -1415,7 +1579,6 @@ def _without_stream(value: Any) -> Any:
 
 _CERTIFICATE_MAX = size_range(Certificate)[1]
 _TBS_MAX = size_range(CertificateTBS)[1]
-_RECORD_MAX = size_range(PresenceRecord)[1]
 _PAYLOAD_MAX = size_range(HandshakePayload)[1]
 _REVOCATIONS_MAX = size_range(RevocationList)[1]
 _SIGNED_REVOCATIONS_MAX = size_range(SignedRevocationList)[1]
@@ -1448,16 +1611,6 @@ def build_certificate_tbs(tbs: Mapping[str, Any]) -> bytes:
     return build_exact(CertificateTBS, tbs, "certificate tbs")
 
 
-def parse_presence_record(data: bytes) -> Container:
-    """The fields of an (unsigned) PresenceRecord."""
-    return _parse_capped(PresenceRecord, data, _RECORD_MAX, "presence record")
-
-
-def build_presence_record(record: Mapping[str, Any]) -> bytes:
-    """The bytes a device signs for PRESENCE_PUBLISH."""
-    return build_exact(PresenceRecord, record, "presence record")
-
-
 def parse_signed_presence(data: bytes) -> Container:
     """A SignedPresence's fields (``tbs``, ``signature``), signature unchecked.
 
@@ -1465,6 +1618,14 @@ def parse_signed_presence(data: bytes) -> Container:
     last 64: the encoding is canonical.
     """
     return _parse_capped(SignedPresence, data, SIGNED_PRESENCE_MAX, "signed presence")
+
+
+def build_signed_presence(signed: Mapping[str, Any]) -> bytes:
+    """Bytes of a SignedPresence (``tbs`` and ``signature``), signature taken as given.
+
+    A device signs its records with :func:`edge.overlay.presence.make_presence`.
+    """
+    return build_exact(SignedPresence, signed, "signed presence")
 
 
 def build_presence_tbs(tbs: Mapping[str, Any]) -> bytes:
@@ -1505,3 +1666,25 @@ def parse_signed_revocation_list(data: bytes) -> Container:
 def build_signed_revocation_list(signed: Mapping[str, Any]) -> bytes:
     """Bytes of a SignedRevocationList (``revocations`` and ``signature``)."""
     return build_exact(SignedRevocationList, signed, "signed revocation list")
+
+
+def parse_dialback_attestation(data: bytes) -> Container:
+    """A DialbackAttestation's fields (``tbs``, ``signature``), signature unchecked.
+
+    The signed bytes are :data:`DIALBACK_CONTEXT` and all of ``data`` but the
+    last 64: the encoding is canonical. :func:`edge.supernode.dialback.verify_attestation`
+    checks it.
+    """
+    return _parse_capped(
+        DialbackAttestation, data, DIALBACK_ATTESTATION_MAX, "dialback attestation"
+    )
+
+
+def build_dialback_attestation(signed: Mapping[str, Any]) -> bytes:
+    """Bytes of a DialbackAttestation (``tbs`` and ``signature``), signature taken as given."""
+    return build_exact(DialbackAttestation, signed, "dialback attestation")
+
+
+def build_dialback_tbs(tbs: Mapping[str, Any]) -> bytes:
+    """The DialbackTBS bytes a supernode signs (after :data:`DIALBACK_CONTEXT`)."""
+    return build_exact(DialbackTBS, tbs, "dialback tbs")
