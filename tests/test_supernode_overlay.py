@@ -14,7 +14,7 @@ from edge.overlay.node import Node
 from edge.overlay.store import Verdict
 from edge.sansio import Address
 from edge.supernode.overlay import Found, Joined, OverlayService, Published
-from edge.wire.codes import MsgType
+from edge.wire.codes import ErrorCode, MsgType
 from tests.sessions import WALL, endpoint, identity
 
 LIFETIME = 86_400.0
@@ -186,7 +186,7 @@ def test_records_that_do_not_validate_are_not_stored() -> None:
         events_of(service)
     tag = services[1].publish(key, record_for("mallory"), lab.now)
     lab.run(lab.now + 5)
-    assert overlay_events(services[1]) == [Published(tag, key, 0, LIMITS.k)]
+    assert overlay_events(services[1]) == [Published(tag, key, 0, LIMITS.k, ErrorCode.FORBIDDEN)]
     assert not any(s.node.store.get(key, WALL + lab.now) for s in services)
 
 

@@ -20,11 +20,14 @@ import pytest
 import uvloop
 from aioice import turn as aioice_turn
 
+from edge.crypto.cert import issue
+from edge.crypto.keys import DeviceKeys, IssuerKey
 from edge.login.relay import relay_credentials
 from edge.runtime.config import loads
 from edge.runtime.control import ControlUnreachable, request
 from edge.runtime.errors import ConfigFileError
-from edge.supernode.config import RelayConfig, SupernodeConfig, from_doc
+from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig, from_doc
+from edge.supernode.errors import SupernodeIdentityError
 from edge.supernode.service import Supernode
 from tests.daemon import notifying_daemon
 
@@ -357,5 +360,55 @@ def test_tcp_clients_beyond_the_cap_are_refused(tmp_path: Path) -> None:
             assert node.relay.counters["tcp-refused"] == 1
             assert node.relay.tcp_clients == 1
             first[1].close()
+
+    run_uv(main())
+
+
+def test_the_overlay_needs_its_issuer_and_a_public_address() -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        parse('[overlay]\ncertificate = "sn.cert"\n')
+    assert caught.value.key == "overlay.issuer_key"
+    with pytest.raises(ConfigFileError) as caught:
+        parse(f'[overlay]\ncertificate = "sn.cert"\nissuer_key = "{"ab" * 32}"\n')
+    assert caught.value.key == "overlay.address"
+    config = parse(
+        f'[overlay]\ncertificate = "sn.cert"\nissuer_key = "{"ab" * 32}"\n'
+        'address = "198.18.0.1"\nbootstrap = ["198.18.0.2:4000"]\n'
+    )
+    assert config.overlay.enabled and config.public_host == "198.18.0.1"
+    assert config.overlay.bootstrap == (("198.18.0.2", 4000),)
+
+
+def test_a_missing_certificate_stops_the_start_with_its_path(tmp_path: Path) -> None:
+    overlay = OverlayConfig(
+        certificate=tmp_path / "absent.cert", issuer_key=bytes(32), address="127.0.0.1"
+    )
+    config = replace(config_for(tmp_path), overlay=overlay)
+
+    async def main() -> None:
+        node = Supernode(config)
+        with pytest.raises(SupernodeIdentityError, match=r"absent\.cert"):
+            await node.start()
+        assert node.bound is None
+
+    run_uv(main())
+
+
+def test_a_certificate_of_another_key_stops_the_start(tmp_path: Path) -> None:
+    issuer = IssuerKey.generate()
+    other = DeviceKeys.generate()
+    path = tmp_path / "other.cert"
+    path.write_bytes(
+        issue(
+            issuer, serial=1, user_id="supernode", device_id="sn", sign_key=other.sign_public,
+            dh_key=other.dh_public, not_before=0, not_after=2**32 - 1,
+        )
+    )  # fmt: skip
+    overlay = OverlayConfig(certificate=path, issuer_key=issuer.public, address="127.0.0.1")
+    config = replace(config_for(tmp_path), overlay=overlay)
+
+    async def main() -> None:
+        with pytest.raises(SupernodeIdentityError, match="certifies another key"):
+            await Supernode(config).start()
 
     run_uv(main())

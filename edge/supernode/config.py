@@ -20,7 +20,8 @@ DEFAULT_STATE = Path("/var/lib/edge/supernode")
 DEFAULT_CONTROL = Path("/run/edge-supernode/control.sock")
 DEFAULT_TCP_PORTS = (80, 443)
 DEFAULT_RELAY_PORTS = range(49152, 65536)
-SECTIONS = {"supernode", "relay"}
+SECTIONS = {"supernode", "relay", "overlay"}
+MAX_BOOTSTRAP = 64
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,23 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class OverlayConfig:
+    certificate: Path | None = None
+    """This supernode's certificate, issued over the keys in ``state_dir`` by the
+    login server's issuer (``edge keys certify``); None: no overlay, STUN/TURN only."""
+    issuer_key: bytes = b""
+    """The Ed25519 public key that signs every certificate (``edge login-server keys``)."""
+    address: str = ""
+    """The public IPv4 address other supernodes reach this one at; default: the
+    relay address, else the listening host."""
+    bootstrap: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.certificate is not None
+
+
+@dataclass(frozen=True)
 class SupernodeConfig:
     host: str = "0.0.0.0"
     port: int = 0
@@ -51,10 +69,15 @@ class SupernodeConfig:
     max_tcp_connections: int = 1000
     shutdown_grace: float = 5.0
     relay: RelayConfig = field(default_factory=RelayConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
 
     @property
     def relay_host(self) -> str:
         return self.relay.address or self.host
+
+    @property
+    def public_host(self) -> str:
+        return self.overlay.address or self.relay_host
 
 
 def read(path: Path | None) -> SupernodeConfig:
@@ -89,6 +112,7 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
         max_tcp_connections=table.get_int("max_tcp_connections", 1000, min=1, max=1_000_000),
         shutdown_grace=table.get_float("shutdown_grace_seconds", 5.0, min=0, max=300),
         relay=_relay(doc.get_table("relay")),
+        overlay=_overlay(doc.get_table("overlay")),
     )
     if config.port and config.port in config.tcp_ports:
         raise table.error("tcp_ports", f"port {config.port} is already the supernode's own port")
@@ -98,7 +122,28 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
         raise doc.get_table("relay").error(
             "address", "relaying needs the public IPv4 address to bind relayed sockets to"
         )
+    if config.overlay.enabled and config.public_host in ("0.0.0.0", ""):
+        raise doc.get_table("overlay").error(
+            "address", "the overlay needs the public IPv4 address other supernodes reach"
+        )
     return config
+
+
+def _overlay(table: ConfigDoc) -> OverlayConfig:
+    table.check_unknown({"certificate", "issuer_key", "address", "bootstrap"})
+    certificate = table.get_path("certificate", None)
+    issuer_key = table.get_hex_bytes("issuer_key", 32, b"")
+    if certificate is not None and not issuer_key:
+        raise table.error(
+            "issuer_key", "the overlay needs the issuer key its certificates verify with"
+        )
+    address = table.get_str("address", "", max_length=64)
+    if address and not _is_ipv4(address):
+        raise table.error("address", f"expected an IPv4 address, got {address!r}")
+    bootstrap = table.get_list_of_addresses("bootstrap", [], max_items=MAX_BOOTSTRAP)
+    return OverlayConfig(
+        certificate=certificate, issuer_key=issuer_key, address=address, bootstrap=tuple(bootstrap)
+    )
 
 
 def _relay(table: ConfigDoc) -> RelayConfig:

@@ -107,6 +107,8 @@ class Published:
     key: int
     stored: int
     asked: int
+    refusal: ErrorCode = ErrorCode.OK
+    """The first refusal a node answered with (REPLAYED for an older version, say)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class _Operation:
     record: bytes = b""
     stored: int = 0
     asked: int = 0
+    refusal: ErrorCode = ErrorCode.OK
     waiting: int = 0
     """STORE or bootstrap PING requests not answered yet."""
 
@@ -216,6 +219,19 @@ class OverlayService:
         if operation.waiting == 0:
             self._start_join_lookup(operation, now + self.wall_offset)
         return operation.tag
+
+    def send_to_node(
+        self,
+        address: Address,
+        static_key: bytes,
+        msg_type: MsgType,
+        body: dict[str, Any],
+        now: float,
+    ) -> None:
+        """Send one message to the supernode at ``address`` holding ``static_key`` (as a
+        presence record names it), over a session opened with IK when none is up."""
+        contact = Contact(node_id_for(static_key), address)
+        self._send(contact, msg_type, body, now, static_key=static_key)
 
     # -- the adapter's side (a DatagramCore)
 
@@ -357,7 +373,7 @@ class OverlayService:
                 self.counts["reply-wrong-type"] += 1
         elif isinstance(reply, Stored):
             operation.waiting -= 1
-            operation.stored += reply.code is ErrorCode.OK
+            self._count_store(operation, reply.code)
             self._maybe_published(operation)
 
     # -- operations
@@ -418,7 +434,7 @@ class OverlayService:
         for contact in closest[: self.node.limits.k]:
             operation.asked += 1
             if contact == own:
-                operation.stored += self._store_here(operation, wall)
+                self._count_store(operation, self._store_here(operation, wall))
             else:
                 operation.waiting += 1
                 self._request(
@@ -426,17 +442,26 @@ class OverlayService:
                 )
         self._maybe_published(operation)
 
-    def _store_here(self, operation: _Operation, wall: float) -> bool:
+    def _store_here(self, operation: _Operation, wall: float) -> ErrorCode:
         reply = self.node.handle_request(
             self.node.contact, StoreRecord(operation.key, operation.record), wall
         )
         assert isinstance(reply, Stored)
-        return reply.code is ErrorCode.OK
+        return reply.code
+
+    @staticmethod
+    def _count_store(operation: _Operation, code: ErrorCode) -> None:
+        if code is ErrorCode.OK:
+            operation.stored += 1
+        elif operation.refusal is ErrorCode.OK:
+            operation.refusal = code
 
     def _maybe_published(self, operation: _Operation) -> None:
         if operation.waiting > 0:
             return
-        published = Published(operation.tag, operation.key, operation.stored, operation.asked)
+        published = Published(
+            operation.tag, operation.key, operation.stored, operation.asked, operation.refusal
+        )
         self._finish(operation, published if operation.kind is _Kind.PUBLISH else None)
 
     def _finish(self, operation: _Operation, event: OverlayEvent | None) -> None:
@@ -456,12 +481,20 @@ class OverlayService:
         self._outstanding[request_id] = _Outstanding(contact, tag, deadline)
         self._send(contact, *to_wire(request_id, request), wall - self.wall_offset)
 
-    def _send(self, contact: Contact, msg_type: MsgType, body: dict[str, Any], now: float) -> None:
+    def _send(
+        self,
+        contact: Contact,
+        msg_type: MsgType,
+        body: dict[str, Any],
+        now: float,
+        *,
+        static_key: bytes | None = None,
+    ) -> None:
         index = self._session_of.get(contact.node_id)
         if index is not None and self.endpoint.is_established(index):
             self.endpoint.send(index, msg_type, body)
             return
-        index = self._dial(contact.address, contact.node_id, now)
+        index = self._dial(contact.address, contact.node_id, now, static_key)
         if index is None:
             return
         queue = self._handshakes[index].queue
@@ -470,12 +503,14 @@ class OverlayService:
             return
         queue.append((msg_type, body))
 
-    def _dial(self, address: Address, expected: int | None, now: float) -> int | None:
+    def _dial(
+        self, address: Address, expected: int | None, now: float, static_key: bytes | None = None
+    ) -> int | None:
         index = self._dialling.get(address)
         if index is not None:
             return index
         try:
-            index = self.endpoint.connect(address, now)
+            index = self.endpoint.connect(address, now, remote_static=static_key)
         except RemoteError:
             self.counts["session-table-full"] += 1
             return None

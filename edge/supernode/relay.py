@@ -23,6 +23,13 @@ allocation ends and the socket is closed then.
 
 ``now`` for the core is Unix time (its credentials carry Unix expiries); the
 one timer is re-armed on the loop's clock after every flush.
+
+The UDP port has a second tenant: datagrams whose first byte is the edge
+wire format's (0xED, outside every range RFC 7983 gives STUN, ChannelData,
+DTLS and RTP) go to the core given to :meth:`RelayAdapter.attach` — the
+supernode's secure sessions with other supernodes and with its clients —
+which answers from the same socket. That core runs on the loop's clock and
+has its own timer; what it rejects is counted by error code, never raised.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final, cast
 
-from edge.sansio import Address
+from edge.errors import RemoteError
+from edge.sansio import Address, DatagramCore
 from edge.stun.errors import StunError
 from edge.stun.framing import StreamDeframer
 from edge.stun.turn import AllocationCreated, AllocationDeleted, TurnServer
@@ -47,6 +55,8 @@ BATCH: Final = 64
 """Datagrams read from one socket per wakeup before the flush."""
 
 RECV_SIZE: Final = 0x10000
+EDGE_FIRST_BYTE: Final = 0xED
+"""The first byte of every edge datagram (the wire format's magic, 0xED9E)."""
 PORT_DRAWS: Final = 32
 """Random ports tried per allocation before the relay says it is out of ports (508)."""
 
@@ -91,6 +101,9 @@ class RelayAdapter:
         self._streams: dict[Address, _TurnStream] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._edge: DatagramCore | None = None
+        self._edge_events: Callable[[object], None] = lambda event: None
+        self._edge_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.counters: Counter[str] = Counter()
@@ -137,6 +150,12 @@ class RelayAdapter:
             self._servers.append(server)
         self._arm()
 
+    def attach(self, core: DatagramCore, on_event: Callable[[object], None]) -> None:
+        """Hand edge datagrams on the UDP port to ``core``; its events go to ``on_event``."""
+        self._edge = core
+        self._edge_events = on_event
+        self.flush_edge()
+
     def stop_listening(self) -> None:
         """Take no new TCP clients; existing ones and UDP go on until :meth:`close`."""
         for server in self._servers:
@@ -149,8 +168,10 @@ class RelayAdapter:
         self._servers.clear()
         for stream in list(self._streams.values()):
             stream.transport.abort()
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._edge_timer):
+            if timer is not None:
+                timer.cancel()
+        self._edge = None
         loop = self._running_loop()
         if self._udp is not None:
             loop.remove_reader(self._udp.fileno())
@@ -174,6 +195,7 @@ class RelayAdapter:
     def _client_readable(self) -> None:
         core, sock, now = self._core(), self._udp, self._clock()
         assert sock is not None
+        edge = False
         for _ in range(BATCH):
             try:
                 data, source = sock.recvfrom(RECV_SIZE)
@@ -183,8 +205,42 @@ class RelayAdapter:
                 # ICMP errors surface here on Linux; they concern one peer, not the socket.
                 self._count_os_error(exc)
                 continue
-            core.receive_from_client(data, cast(Address, source[:2]), now)
+            if data[:1] == b"\xed" and self._edge is not None:
+                self._edge_datagram(self._edge, data, cast(Address, source[:2]))
+                edge = True
+            else:
+                core.receive_from_client(data, cast(Address, source[:2]), now)
         self.flush()
+        if edge:
+            self.flush_edge()
+
+    def _edge_datagram(self, core: DatagramCore, data: bytes, source: Address) -> None:
+        try:
+            core.receive_datagram(data, source, self._running_loop().time())
+        except RemoteError as exc:
+            self.counters[f"edge-rejected-{exc.code.name.lower()}"] += 1
+
+    def flush_edge(self) -> None:
+        core, udp = self._edge, self._udp
+        if core is None or udp is None:
+            return
+        loop = self._running_loop()
+        for data, address in core.datagrams_to_send(loop.time()):
+            self._sendto(udp, data, address)
+        while (event := core.next_event()) is not None:
+            self._edge_events(event)
+        if self._edge_timer is not None:
+            self._edge_timer.cancel()
+            self._edge_timer = None
+        deadline = core.get_timer()
+        if deadline is not None:
+            self._edge_timer = loop.call_at(deadline, self._on_edge_timer)
+
+    def _on_edge_timer(self) -> None:
+        self._edge_timer = None
+        if self._edge is not None:
+            self._edge.handle_timer(self._running_loop().time())
+            self.flush_edge()
 
     def _relay_readable(self, relayed: Address, sock: socket.socket) -> None:
         core, now = self._core(), self._clock()

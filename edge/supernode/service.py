@@ -9,6 +9,14 @@ TURN on all of them through a :class:`~edge.supernode.relay.RelayAdapter`.
 Without a relay secret the core still answers Binding, and an Allocate gets
 401 since no credentials can verify: the supernode relays for nobody.
 
+With ``[overlay]`` configured the same UDP port also carries the supernode's
+Noise sessions (:class:`~edge.supernode.relay.RelayAdapter` sorts datagrams by
+their first byte): the DHT with other supernodes, joined through the
+bootstrap list at start, and presence for clients
+(:class:`~edge.supernode.clients.ClientService`). Its keys are made at first
+start in the state folder (``supernode.key``); its certificate comes from the
+login server's issuer (``edge keys certify --device <state_dir>/supernode.key``).
+
 Once everything is bound the control socket opens and systemd hears READY=1,
 with a status line naming the ports; the watchdog is pinged from the loop.
 
@@ -28,19 +36,34 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge.client.ports import bind_both, choose
+from edge.crypto.cert import TrustStore
+from edge.crypto.keys import DeviceKeys
+from edge.overlay.ids import node_id_for
+from edge.overlay.messages import Contact
+from edge.overlay.node import Node
+from edge.overlay.presence import presence_validator
 from edge.runtime import notify
 from edge.runtime.control import ControlServer, JsonObject
+from edge.session.datagram import DatagramEndpoint
+from edge.session.handshake import Identity
 from edge.stun.turn import TurnServer
+from edge.supernode.clients import ClientService
 from edge.supernode.config import SupernodeConfig
-from edge.supernode.errors import SupernodeBindError
+from edge.supernode.errors import SupernodeBindError, SupernodeIdentityError
+from edge.supernode.overlay import Joined, OverlayService
 from edge.supernode.relay import RelayAdapter
+from edge.wire.errors import WireError
+from edge.wire.messages import parse_certificate
 
 _log = logging.getLogger(__name__)
 
 SOFTWARE = "edge supernode"
+KEY_FILE = "supernode.key"
+MAX_CERTIFICATE_FILE = 4096
 
 
 @dataclass(frozen=True)
@@ -79,8 +102,24 @@ class Supernode:
             config.control_socket, {"status": self.status, "counters": self.counters}
         )
         self.bound: Bound | None = None
+        self.clients: ClientService | None = None
+        self.joined = asyncio.Event()
+        """Set once the overlay join has ended (with whatever contacts it found)."""
 
     async def start(self) -> Bound:
+        """Bind every port, join the overlay, open the control socket; where it listens."""
+        identity = self._identity() if self.config.overlay.enabled else None
+        self.bound = await self._bind()
+        try:
+            if identity is not None:
+                self._start_overlay(identity, self.bound.port)
+            await self.control.start()
+        except BaseException:
+            await self.relay.close()
+            raise
+        return self.bound
+
+    async def _bind(self) -> Bound:
         sockets: list[socket.socket] = []
         try:
             try_bind, held = bind_both(self.config.host)
@@ -94,14 +133,47 @@ class Supernode:
             for sock in sockets:
                 sock.close()
             raise
-        self.bound = Bound(
+        return Bound(
             port=choice.port,
             port_note=choice.note,
             udp=udp.getsockname()[:2],
             tcp=tuple(sock.getsockname()[:2] for sock in [tcp, *extra]),
         )
-        await self.control.start()
-        return self.bound
+
+    def _identity(self) -> Identity:
+        """The supernode's keys (made at first start) and the certificate that names them."""
+        keys = supernode_keys(self.config.state_dir)
+        path = self.config.overlay.certificate
+        assert path is not None
+        certificate = _read_certificate(path)
+        try:
+            named = parse_certificate(certificate).tbs.dh_key
+        except WireError as exc:
+            raise SupernodeIdentityError(f"{path} is not a certificate: {exc}") from None
+        if bytes(named) != keys.dh_public:
+            raise SupernodeIdentityError(
+                f"{path} certifies another key than {self.config.state_dir / KEY_FILE}"
+            )
+        return Identity(keys, certificate)
+
+    def _start_overlay(self, identity: Identity, port: int) -> None:
+        config = self.config
+        trust = TrustStore([config.overlay.issuer_key])
+        loop = asyncio.get_running_loop()
+        wall_offset = self._clock() - loop.time()
+        endpoint = DatagramEndpoint(identity, trust, wall_offset=wall_offset)
+        contact = Contact(node_id_for(identity.keys.dh_public), (config.public_host, port))
+        node = Node(contact, presence_validator(trust, None, self._clock), self._clock())
+        overlay = OverlayService(endpoint, node, wall_offset=wall_offset)
+        self.clients = ClientService(overlay, trust)
+        self.relay.attach(self.clients, self._on_edge_event)
+        self.clients.join(config.overlay.bootstrap, loop.time())
+        self.relay.flush_edge()
+
+    def _on_edge_event(self, event: object) -> None:
+        if isinstance(event, Joined):
+            _log.info("joined the overlay: %d supernodes known", event.known)
+            self.joined.set()
 
     async def stop(self) -> None:
         """Close listeners, serve current clients for the grace period, close the rest."""
@@ -128,6 +200,20 @@ class Supernode:
             "uptime_seconds": round(self._clock() - self.started_at, 1),
             "allocations": self.core.allocation_count,
             "tcp_clients": self.relay.tcp_clients,
+            "overlay": self._overlay_status(),
+        }
+
+    def _overlay_status(self) -> JsonObject:
+        if self.clients is None:
+            return {"enabled": False}
+        overlay = self.clients.overlay
+        return {
+            "enabled": True,
+            "node_id": f"{overlay.node.contact.node_id:064x}",
+            "contacts": len(overlay.node.table),
+            "records": len(overlay.node.store.held()),
+            "counts": dict(overlay.counts),
+            "presence": dict(self.clients.counts),
         }
 
     def counters(self, args: Mapping[str, Any]) -> JsonObject:
@@ -142,6 +228,28 @@ class Supernode:
             "sockets": dict(self.relay.counters),
             "allocations": core.allocation_count,
         }
+
+
+def supernode_keys(state_dir: Path) -> DeviceKeys:
+    """The supernode's Noise and signing keys, made at first start and kept (0600)."""
+    path = state_dir / KEY_FILE
+    if not path.exists():
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        DeviceKeys.generate().save(path)
+    return DeviceKeys.load(path)
+
+
+def _read_certificate(path: Path) -> bytes:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CERTIFICATE_FILE + 1)
+    except OSError as exc:
+        raise SupernodeIdentityError(
+            f"cannot read the certificate {path}: {exc.strerror}"
+        ) from None
+    if not data or len(data) > MAX_CERTIFICATE_FILE:
+        raise SupernodeIdentityError(f"{path} is not a certificate ({len(data)} bytes)")
+    return data
 
 
 def _bind_tcp(host: str, port: int) -> socket.socket:

@@ -1,0 +1,314 @@
+"""What a supernode does for the clients attached to it: presence, and rendezvous.
+
+How it works: :class:`ClientService` sits above the supernode's
+:class:`~edge.supernode.overlay.OverlayService` and drives it as a sans-IO
+core. Clients reach the supernode in Noise sessions on the same UDP port as
+the overlay; their messages arrive as the overlay's pass-through events.
+
+* PRESENCE_PUBLISH: the record is checked completely before the overlay sees
+  it (:func:`~edge.overlay.presence.verify_presence`: certificate, signature,
+  key, times), and it must be the record of the user whose certificate the
+  session verified, so a client speaks only for itself. A refused record is
+  answered at once with the refusal's code; a valid one is published at the
+  ``k`` closest supernodes and answered with how many took it.
+* PRESENCE_LOOKUP: a FIND_VALUE for the user's key; the answer carries the
+  records found (at most :data:`MAX_RECORDS`), each still signed by its
+  owner, so the asker verifies them itself and the supernode cannot forge
+  presence; ``NOT_FOUND`` when there are none.
+
+Both answers are PRESENCE_RESULT with the request's id.
+
+Rendezvous. A device that published its presence here is *attached* here
+(per user and device, from its certificate). SIGNAL_FORWARD from a client
+carries opaque bytes for another user (the two clients' own Noise session:
+its handshake first, then call signalling inside it, so supernodes see only
+ciphertext) and becomes SIGNAL_RELAYED, stamped with the sender's certified
+user and device and the address its session comes from — its reflexive
+address as a third party sees it, which the callee uses for hole punching.
+When the callee is attached here it is delivered at once; otherwise the
+callee's presence records name the supernodes it is attached to, and each
+gets the SIGNAL_RELAYED over the overlay (a session opened with the key the
+record names). A supernode hands SIGNAL_RELAYED only to devices attached to
+it and never forwards it again, so a message crosses at most two supernodes.
+The stamped fields are routing hints; the clients' session authenticates who
+is who.
+
+Every other event
+goes up unchanged through :meth:`next_event`. Caps: requests waiting for the
+overlay (beyond it a client is told BUSY); the overlay caps the rest.
+"""
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from edge.crypto.cert import TrustStore
+from edge.errors import RemoteError
+from edge.overlay.errors import OverlayError, PresenceRefused
+from edge.overlay.ids import id_to_bytes, key_for_user
+from edge.overlay.presence import parse_presence, verify_presence
+from edge.sansio import Address
+from edge.session.events import MessageReceived, SessionFailed
+from edge.supernode.overlay import Found, OverlayService, Published
+from edge.wire.codes import ErrorCode, MsgType
+
+MAX_RECORDS = 8
+"""Records in one PRESENCE_RESULT: a user's devices online at once."""
+
+MAX_DEVICES_PER_USER = 8
+
+RELAYED_FIELDS = ("to_user", "to_device", "from_user", "from_device", "from_address")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    max_waiting: int = 1024
+    """PRESENCE requests, and signalling waiting for a lookup, from all clients together."""
+    max_attached: int = 100_000
+    """Devices served here (those that published their presence here)."""
+
+
+_Handler = Callable[["ClientService", MessageReceived, float], None]
+
+
+@dataclass(frozen=True)
+class _Asker:
+    index: int
+    request_id: int
+
+
+class ClientService:
+    """Presence for attached clients, over an :class:`OverlayService`; a DatagramCore."""
+
+    def __init__(
+        self,
+        overlay: OverlayService,
+        trust: TrustStore,
+        *,
+        limits: ClientLimits | None = None,
+        verify: Callable[[bytes, bytes, TrustStore, float], Any] = verify_presence,
+    ) -> None:
+        self.overlay = overlay
+        self.trust = trust
+        self.limits = limits or ClientLimits()
+        self._verify = verify
+        self._waiting: dict[int, _Asker] = {}
+        self._forwards: dict[int, dict[str, Any]] = {}
+        self._attached: dict[str, dict[str, int]] = {}
+        self._attached_count = 0
+        self._events: deque[object] = deque()
+        self.counts: Counter[str] = Counter()
+        """``publish``, ``lookup``, ``published``, ``found``, ``not-found``, ``busy``,
+        and ``refused-<reason>`` for each refused record."""
+
+    def join(self, bootstrap: Iterable[Address], now: float) -> None:
+        """Join the overlay (:meth:`OverlayService.join`); :class:`Joined` comes up as an event."""
+        self.overlay.join(bootstrap, now)
+        self._pump(now)
+
+    # -- the DatagramCore protocol, passed through to the overlay
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        try:
+            self.overlay.receive_datagram(data, addr, now)
+        finally:
+            self._pump(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        return self.overlay.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        return self.overlay.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.overlay.handle_timer(now)
+        self._pump(now)
+
+    def next_event(self) -> object | None:
+        return self._events.popleft() if self._events else None
+
+    # -- events
+
+    def _pump(self, now: float) -> None:
+        while (event := self.overlay.next_event()) is not None:
+            handler = (
+                self._HANDLERS.get(event.message.type)
+                if isinstance(event, MessageReceived)
+                else None
+            )
+            if handler is not None:
+                assert isinstance(event, MessageReceived)
+                handler(self, event, now)
+            elif isinstance(event, Found) and event.tag in self._forwards:
+                self._forward_found(event, now)
+            elif isinstance(event, Found | Published) and event.tag in self._waiting:
+                self._answer(event)
+            else:
+                if isinstance(event, SessionFailed):
+                    self._detach(event.index)
+                self._events.append(event)
+
+    def _publish(self, event: MessageReceived, now: float) -> None:
+        self.counts["publish"] += 1
+        body = event.message.body
+        record = bytes(body.record)
+        try:
+            verified = self._verify_for_session(event.index, record, now)
+        except (PresenceRefused, RemoteError) as exc:
+            reason = getattr(exc, "reason", exc.code.name.lower())
+            self.counts[f"refused-{reason}"] += 1
+            self._result(event.index, body.request_id, exc.code)
+            return
+        self._attach(event.index, verified.certificate.user_id, verified.certificate.device_id)
+        key = key_for_user(verified.presence.user_id)
+        self._start(event.index, body.request_id, lambda: self.overlay.publish(key, record, now))
+
+    def _verify_for_session(self, index: int, record: bytes, now: float) -> Any:
+        user = self.overlay.endpoint.peer(index).user_id
+        wall = now + self.overlay.wall_offset
+        verified = self._verify(id_to_bytes(key_for_user(user)), record, self.trust, wall)
+        return verified
+
+    def _lookup(self, event: MessageReceived, now: float) -> None:
+        self.counts["lookup"] += 1
+        body = event.message.body
+        key = key_for_user(body.user_id)
+        self._start(event.index, body.request_id, lambda: self.overlay.find(key, now))
+
+    def _start(self, index: int, request_id: int, operation: Callable[[], int]) -> None:
+        if len(self._waiting) >= self.limits.max_waiting:
+            self.counts["busy"] += 1
+            self._result(index, request_id, ErrorCode.BUSY)
+            return
+        try:
+            tag = operation()
+        except OverlayError as exc:
+            self._result(index, request_id, exc.code)
+            return
+        self._waiting[tag] = _Asker(index, request_id)
+
+    def _answer(self, event: Found | Published) -> None:
+        asker = self._waiting.pop(event.tag)
+        if isinstance(event, Published):
+            self.counts["published"] += 1
+            refusal = event.refusal if event.refusal is not ErrorCode.OK else ErrorCode.UNAVAILABLE
+            code = ErrorCode.OK if event.stored else refusal
+            self._result(asker.index, asker.request_id, code, stored=event.stored)
+            return
+        records = event.records[:MAX_RECORDS]
+        self.counts["found" if records else "not-found"] += 1
+        code = ErrorCode.OK if records else ErrorCode.NOT_FOUND
+        self._result(asker.index, asker.request_id, code, records=records)
+
+    # -- rendezvous: signalling between clients, through one or two supernodes
+
+    def _attach(self, index: int, user: str, device: str) -> None:
+        """The device in session ``index`` is served here (it published its presence here)."""
+        devices = self._attached.setdefault(user, {})
+        if device not in devices and (
+            len(devices) >= MAX_DEVICES_PER_USER or self._attached_count >= self.limits.max_attached
+        ):
+            self.counts["attach-full"] += 1
+            return
+        self._attached_count += device not in devices
+        devices[device] = index
+
+    def _detach(self, index: int) -> None:
+        for user, devices in list(self._attached.items()):
+            for device, attached in list(devices.items()):
+                if attached == index:
+                    del devices[device]
+                    self._attached_count -= 1
+            if not devices:
+                del self._attached[user]
+
+    def attached(self, user: str) -> dict[str, int]:
+        """The sessions of ``user``'s devices served here, by device id."""
+        return dict(self._attached.get(user, {}))
+
+    def _forward(self, event: MessageReceived, now: float) -> None:
+        """A client's signalling for another user: stamp who sent it, and route it."""
+        self.counts["forward"] += 1
+        body = event.message.body
+        peer = self.overlay.endpoint.peer(event.index)
+        contact = self.overlay.contact_of(event.index)
+        relayed = {
+            "to_user": body.to_user,
+            "to_device": body.to_device,
+            "from_user": peer.user_id,
+            "from_device": peer.device_id,
+            "from_address": contact.address if contact is not None else ("0.0.0.0", 0),
+            "payload": bytes(body.payload),
+        }
+        if self._deliver(relayed):
+            return
+        if len(self._forwards) >= self.limits.max_waiting:
+            self.counts["forward-busy"] += 1
+            return
+        try:
+            tag = self.overlay.find(key_for_user(body.to_user), now)
+        except OverlayError:
+            self.counts["forward-busy"] += 1
+            return
+        self._forwards[tag] = relayed
+
+    def _relayed(self, event: MessageReceived, now: float) -> None:
+        """Signalling another supernode routed here: hand it to the device if it is ours."""
+        body = event.message.body
+        relayed = {name: getattr(body, name) for name in RELAYED_FIELDS}
+        relayed["payload"] = bytes(body.payload)
+        if not self._deliver(relayed):
+            self.counts["relayed-not-here"] += 1
+
+    def _deliver(self, relayed: dict[str, Any]) -> bool:
+        """Send to the addressed devices attached here; False when none is."""
+        devices = self._attached.get(relayed["to_user"], {})
+        wanted = relayed["to_device"]
+        targets = [i for d, i in devices.items() if not wanted or d == wanted]
+        for index in targets:
+            if self.overlay.endpoint.is_established(index):
+                self.overlay.endpoint.send(index, MsgType.SIGNAL_RELAYED, relayed)
+                self.counts["delivered"] += 1
+        return bool(targets)
+
+    def _forward_found(self, event: Found, now: float) -> None:
+        """The callee's presence records name its supernodes: pass the signalling on."""
+        relayed = self._forwards.pop(event.tag)
+        own = self.overlay.node.contact.address
+        sent: set[Address] = set()
+        for raw in event.records:
+            try:
+                presence = parse_presence(raw)
+            except RemoteError:
+                continue
+            if presence.supernode in sent or presence.supernode == own:
+                continue
+            sent.add(presence.supernode)
+            self.overlay.send_to_node(
+                presence.supernode, presence.supernode_key, MsgType.SIGNAL_RELAYED, relayed, now
+            )
+        self.counts["forwarded" if sent else "forward-not-found"] += 1
+
+    def _result(
+        self,
+        index: int,
+        request_id: int,
+        code: ErrorCode,
+        *,
+        stored: int = 0,
+        records: tuple[bytes, ...] = (),
+    ) -> None:
+        if not self.overlay.endpoint.is_established(index):
+            self.counts["asker-gone"] += 1
+            return
+        body = {"request_id": request_id, "code": code, "stored": stored, "records": list(records)}
+        self.overlay.endpoint.send(index, MsgType.PRESENCE_RESULT, body)
+
+    _HANDLERS: ClassVar[dict[MsgType, _Handler]] = {
+        MsgType.PRESENCE_PUBLISH: _publish,
+        MsgType.PRESENCE_LOOKUP: _lookup,
+        MsgType.SIGNAL_FORWARD: _forward,
+        MsgType.SIGNAL_RELAYED: _relayed,
+    }
+    """The client messages a supernode answers, and who answers each."""
