@@ -82,7 +82,7 @@ contacts = st.builds(Contact, ids, addresses)
 records = st.binary(max_size=64)
 overlay_messages: st.SearchStrategy[OverlayMessage] = st.one_of(
     st.just(Ping()),
-    st.just(Pong()),
+    st.builds(Pong, st.integers(0, 255)),
     st.builds(FindNode, ids),
     st.builds(FindValue, ids),
     st.builds(StoreRecord, ids, records),

@@ -3,7 +3,6 @@ route around a supernode that stops answering, refuse impostors and stray replie
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 from edge.crypto.keys import IssuerKey
@@ -15,6 +14,7 @@ from edge.overlay.store import Verdict
 from edge.sansio import Address
 from edge.supernode.overlay import Found, Joined, OverlayService, Published
 from edge.wire.codes import ErrorCode, MsgType
+from tests.netlab import NetLab
 from tests.sessions import WALL, endpoint, identity
 
 LIFETIME = 86_400.0
@@ -33,19 +33,17 @@ def validate(key: bytes, record: bytes) -> Verdict | None:
 
 
 @dataclass
-class Lab:
-    """Supernodes by address, a clock, and datagrams in flight with a fixed latency."""
+class Lab(NetLab[OverlayService]):
+    """Supernodes on simulated addresses, each joining as the test says."""
 
     issuer: IssuerKey = field(default_factory=IssuerKey.generate)
-    nodes: dict[Address, OverlayService] = field(default_factory=dict)
-    silent: set[Address] = field(default_factory=set)
-    now: float = 0.0
-    latency: float = 0.005
-    in_flight: list[tuple[float, int, bytes, Address, Address]] = field(default_factory=list)
-    sent: int = 0
+
+    @property
+    def nodes(self) -> dict[Address, OverlayService]:
+        return self.cores
 
     def add(self) -> OverlayService:
-        index = len(self.nodes) + 1
+        index = len(self.cores) + 1
         address = (f"198.18.0.{index}", 4000)
         ident = identity(self.issuer, f"supernode-{index}")
         node = Node(
@@ -55,41 +53,8 @@ class Lab:
             limits=LIMITS,
         )
         service = OverlayService(endpoint(ident, [self.issuer], seed=index), node, wall_offset=WALL)
-        self.nodes[address] = service
+        self.cores[address] = service
         return service
-
-    def flush(self) -> None:
-        for source, service in self.nodes.items():
-            for data, destination in service.datagrams_to_send(self.now):
-                self.sent += 1
-                heapq.heappush(
-                    self.in_flight, (self.now + self.latency, self.sent, data, source, destination)
-                )
-
-    def run(self, until: float) -> None:
-        """Deliver datagrams and fire timers in time order up to ``until``."""
-        self.flush()
-        while True:
-            timers = [
-                (t, address)
-                for address, s in self.nodes.items()
-                if address not in self.silent and (t := s.get_timer()) is not None
-            ]
-            next_timer = min(timers, default=None)
-            next_packet = self.in_flight[0][0] if self.in_flight else None
-            candidates = [t for t in (next_packet, next_timer and next_timer[0]) if t is not None]
-            if not candidates or min(candidates) > until:
-                self.now = until
-                return
-            if next_packet is not None and (next_timer is None or next_packet <= next_timer[0]):
-                self.now, _, data, source, destination = heapq.heappop(self.in_flight)
-                if destination in self.nodes and destination not in self.silent:
-                    self.nodes[destination].receive_datagram(data, source, self.now)
-            else:
-                assert next_timer is not None
-                self.now = max(self.now, next_timer[0])
-                self.nodes[next_timer[1]].handle_timer(self.now)
-            self.flush()
 
 
 def events_of(service: OverlayService) -> list[object]:

@@ -400,9 +400,9 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
         h("ed9e 01 25 0000 0004", "01020304"),
     ),
     MsgType.DHT_PONG: (
-        {"request_id": 0x01020304},
+        {"request_id": 0x01020304, "load": 42},
         0,
-        h("ed9e 01 26 0000 0004", "01020304"),
+        h("ed9e 01 26 0000 0005", "01020304", "2a"),  # load 42 %
     ),
     MsgType.DHT_FIND_NODE: (
         {"request_id": 7, "key": bytes(range(32))},
@@ -577,6 +577,67 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
             "04 c6120007 9c40",  # from_address 198.18.0.7:40000
             "0001 01",  # payload, u16 prefix
         ),
+    ),
+    MsgType.ATTACH: (
+        {"request_id": 3, "redirects": 1},
+        0,
+        h("ed9e 01 90 0000 0005", "00000003", "01"),
+    ),
+    MsgType.ATTACH_RESULT: (
+        {
+            "request_id": 3,
+            "code": ErrorCode.BUSY,
+            "load": 75,
+            "alternatives": [
+                {"address": ("198.18.0.1", 443), "rtt_ms": 12, "flags": 0},
+            ],
+        },
+        0,
+        h(
+            "ed9e 01 91 0000 0012",  # 4 + 2 + 1 + 1 + 10 = 18
+            "00000003",
+            "0043",  # BUSY
+            "4b",  # load 75 %
+            "01",  # one alternative
+            "04 c6120001 01bb",  # 198.18.0.1:443
+            "000c",  # 12 ms
+            "00",  # a supernode
+        ),
+    ),
+    MsgType.HOSTCACHE_REQUEST: (
+        {"request_id": 4, "offset": 48},
+        0,
+        h("ed9e 01 92 0000 0005", "00000004", "30"),
+    ),
+    MsgType.HOSTCACHE: (
+        {
+            "request_id": 4,
+            "total": 50,
+            "offset": 48,
+            "entries": [
+                {"address": ("2001:db8::1", 40000), "rtt_ms": 0xFFFF, "flags": 0},
+                {"address": ("198.18.0.9", 443), "rtt_ms": 0xFFFF, "flags": 1},
+            ],
+        },
+        0,
+        h(
+            "ed9e 01 93 0000 0027",  # 4 + 1 + 1 + 1 + 22 + 10 = 39
+            "00000004",
+            "32",  # total 50
+            "30",  # offset 48
+            "02",  # two entries
+            "06 20010db8000000000000000000000001 9c40",
+            "ffff",  # not measured
+            "00",
+            "04 c6120009 01bb",
+            "ffff",
+            "01",  # a login server
+        ),
+    ),
+    MsgType.DETACH: (
+        {"code": ErrorCode.UNAVAILABLE, "alternatives": []},
+        0,
+        h("ed9e 01 94 0000 0003", "0045", "00"),  # shutting down, nowhere in particular
     ),
     MsgType.INSTANT_MESSAGE: (
         {

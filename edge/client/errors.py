@@ -1,6 +1,6 @@
 """Errors of the client package."""
 
-from edge.errors import RemoteError
+from edge.errors import LocalError, RemoteError
 from edge.wire.codes import ErrorCode
 
 
@@ -28,3 +28,8 @@ class NoDevices(RemoteError):
     """The recipient has no enrolled device: nothing can be sealed for them."""
 
     code = ErrorCode.NOT_FOUND
+
+
+class PromotionMisuse(LocalError):
+    """The promotion or dial-back core was used wrongly: a measurement that is not a
+    finite number >= 0, limits that contradict each other, a message it does not take."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from edge.sansio import Address
 from edge.wire.codes import ErrorCode
+from edge.wire.messages import LOAD_UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ Request = Ping | FindNode | FindValue | StoreRecord
 
 @dataclass(frozen=True)
 class Pong:
-    """I am alive."""
+    """I am alive, and this full (percent of capacity, or :data:`LOAD_UNKNOWN`)."""
+
+    load: int = LOAD_UNKNOWN
 
 
 @dataclass(frozen=True)

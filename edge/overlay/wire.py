@@ -77,7 +77,7 @@ def _body(msg: OverlayMessage) -> tuple[MsgType, Body]:
     if isinstance(msg, Ping):
         return MsgType.DHT_PING, {}
     if isinstance(msg, Pong):
-        return MsgType.DHT_PONG, {}
+        return MsgType.DHT_PONG, {"load": msg.load}
     if isinstance(msg, FindNode):
         return MsgType.DHT_FIND_NODE, {"key": id_to_bytes(msg.key)}
     if isinstance(msg, FindValue):
@@ -110,7 +110,7 @@ def _contact(body: Any) -> Contact:
 
 _FROM_WIRE: dict[MsgType, Callable[[Any], OverlayMessage]] = {
     MsgType.DHT_PING: lambda body: Ping(),
-    MsgType.DHT_PONG: lambda body: Pong(),
+    MsgType.DHT_PONG: lambda body: Pong(body.load),
     MsgType.DHT_FIND_NODE: lambda body: FindNode(_id(body.key)),
     MsgType.DHT_FIND_VALUE: lambda body: FindValue(_id(body.key)),
     MsgType.DHT_STORE: lambda body: StoreRecord(_id(body.key), bytes(body.record)),

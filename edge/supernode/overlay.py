@@ -24,6 +24,9 @@ Three kinds of operation run on top of the Kademlia cores:
   fills the routing table and makes this node known to those it asks.
 
 Each ends with one event (:class:`Found`, :class:`Published`, :class:`Joined`).
+Every PONG gives a :class:`PeerHeard` with the round-trip time measured and the
+load the peer reported, which the layer above feeds to its load table; this
+node's own load goes into the PONGs it sends (:attr:`OverlayService.report_load`).
 Requests are paired with replies by ``request_id``; a reply must come from the
 node that was asked. A request unanswered after twice the lookup timeout marks
 its node failed in the routing table (a lookup itself moves on after one
@@ -42,7 +45,7 @@ flight, requests waiting for a handshake per session.
 """
 
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -70,6 +73,7 @@ from edge.sansio import Address
 from edge.session.datagram import DatagramEndpoint
 from edge.session.events import MessageReceived, PeerMoved, SessionEstablished, SessionFailed
 from edge.wire.codes import ErrorCode, MsgType
+from edge.wire.messages import LOAD_UNKNOWN
 
 REQUEST_TYPES = frozenset(
     {MsgType.DHT_PING, MsgType.DHT_FIND_NODE, MsgType.DHT_FIND_VALUE, MsgType.DHT_STORE}
@@ -118,7 +122,16 @@ class Joined:
     known: int
 
 
-OverlayEvent = Found | Published | Joined
+@dataclass(frozen=True)
+class PeerHeard:
+    """A supernode answered a PING: alive, this round-trip time, this load (or None)."""
+
+    contact: Contact
+    rtt: float
+    load: float | None
+
+
+OverlayEvent = Found | Published | Joined | PeerHeard
 
 
 class _Kind(Enum):
@@ -148,6 +161,7 @@ class _Outstanding:
     operation: int
     """The tag of the operation the reply belongs to; 0 for a probe."""
     deadline: float
+    sent: float
 
 
 @dataclass
@@ -185,6 +199,8 @@ class OverlayService:
         self._contact_of: dict[int, Contact] = {}
         """The peer of each established session, by session index."""
         self._events: deque[object] = deque()
+        self.report_load: Callable[[], int] = lambda: LOAD_UNKNOWN
+        """This supernode's load in percent, for the PONGs it sends."""
         self._next_tag = 0
         self._next_request = 0
 
@@ -219,6 +235,10 @@ class OverlayService:
         if operation.waiting == 0:
             self._start_join_lookup(operation, now + self.wall_offset)
         return operation.tag
+
+    def ping(self, contact: Contact, now: float) -> None:
+        """Ask ``contact`` whether it is alive (and how full); :class:`PeerHeard` follows."""
+        self._request(contact, Ping(), 0, now + self.wall_offset)
 
     def send_to_node(
         self,
@@ -345,6 +365,8 @@ class OverlayService:
         self, index: int, sender: Contact, request_id: int, request: Request, wall: float
     ) -> None:
         reply = self.node.handle_request(sender, request, wall)
+        if isinstance(reply, Pong):
+            reply = Pong(self.report_load())
         self.endpoint.send(index, *to_wire(request_id, reply))
 
     def _reply(self, sender: Contact, request_id: int, reply: Reply, wall: float) -> None:
@@ -357,6 +379,9 @@ class OverlayService:
             return
         del self._outstanding[request_id]
         self.node.note_reply(sender, wall)
+        if isinstance(reply, Pong):
+            load = None if reply.load > 100 else reply.load / 100
+            self._emit(PeerHeard(sender, max(0.0, wall - outstanding.sent), load))
         operation = self._operations.get(outstanding.operation)
         if operation is not None:
             self._operation_reply(operation, outstanding.contact, reply, wall)
@@ -478,7 +503,7 @@ class OverlayService:
         request_id = self._new_request_id()
         # Twice the lookup's timeout: a lookup moves on after one, and still takes a late reply.
         deadline = wall + 2 * self.node.limits.timeout
-        self._outstanding[request_id] = _Outstanding(contact, tag, deadline)
+        self._outstanding[request_id] = _Outstanding(contact, tag, deadline, wall)
         self._send(contact, *to_wire(request_id, request), wall - self.wall_offset)
 
     def _send(

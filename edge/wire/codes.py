@@ -90,6 +90,12 @@ class MsgType(IntEnum):
     DIALBACK_PROBE = 0x81
     DIALBACK_CONFIRM = 0x82
     DIALBACK_RESULT = 0x83
+    # Attaching to a supernode, and its host cache - 0x9_
+    ATTACH = 0x90
+    ATTACH_RESULT = 0x91
+    HOSTCACHE_REQUEST = 0x92
+    HOSTCACHE = 0x93
+    DETACH = 0x94
 
 
 class ErrorCode(IntEnum):

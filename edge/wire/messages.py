@@ -567,9 +567,10 @@ STRUCTURES: tuple[StructureSpec, ...] = (
         "DialbackAttestation",
         DialbackAttestation,
         "RFC 8032 §5.1.6 (Ed25519 signature)",
-        "A supernode's signed statement that it dialled a client back: a probe sent from a "
-        "fresh UDP socket (not the port the client's session uses) to the observed address "
-        "arrived, and the client proved it by returning the probe's nonce inside its session. "
+        "A supernode's signed statement that it dialled a client back: a probe sent to the "
+        "observed address from a fresh UDP socket of the supernode (not the one the client's "
+        "session talks to) arrived, and the client proved it by returning the probe's nonce "
+        "inside its session. "
         "The signature is over "
         f'the ASCII text "{DIALBACK_CONTEXT[:-1].decode("ascii")}", a zero byte, then the '
         "DialbackTBS bytes; the structure travels as those bytes verbatim. It carries the "
@@ -879,11 +880,20 @@ DHT_PING = MessageSpec(
     "authenticates the sender and so its node id. Answered with DHT_PONG.",
 )
 
+LOAD_UNKNOWN = 0xFF
+"""A load field's value when the sender does not report one."""
+
 DHT_PONG = MessageSpec(
     MsgType.DHT_PONG,
-    Struct("request_id" / Int32ub * "from the DHT_PING"),
+    Struct(
+        "request_id" / Int32ub * "from the DHT_PING",
+        "load"
+        / Int8ub
+        * f"the sender's clients in percent of its capacity, 0..100; {LOAD_UNKNOWN}: not reported",
+    ),
     "Kademlia (Maymounkov and Mazieres, 2002) §2.3 (PING)",
-    "The answer to DHT_PING: the sender is alive and stays in the asker's k-bucket.",
+    "The answer to DHT_PING: the sender is alive and stays in the asker's k-bucket. Its "
+    "load lets the asker send clients where there is room (load spreading).",
 )
 
 DHT_FIND_NODE = MessageSpec(
@@ -1342,6 +1352,92 @@ DIALBACK_RESULT = MessageSpec(
     "carries the supernode's signed attestation, which the client keeps and shows later.",
 )
 
+# ---------------------------------------------------------------- attaching, host cache
+
+RTT_UNKNOWN = 0xFFFF
+HOST_ENTRY_LOGIN_SERVER = 0x01
+HOSTCACHE_PAGE = 48
+"""Host cache entries in one HOSTCACHE: 48 IPv6 entries still fit one datagram."""
+HOSTCACHE_MAX = 200
+"""The seed's host cache: up to 200 supernodes (and the login server)."""
+ALTERNATIVES_MAX = 8
+
+HostEntry = Struct(
+    "address" / Address * "where the supernode (or login server) listens, UDP and TCP",
+    "rtt_ms"
+    / Int16ub
+    * f"the giver's measured round-trip time to it in ms; {RTT_UNKNOWN}: not measured",
+    "flags" / Int8ub * f"{HOST_ENTRY_LOGIN_SERVER:#04x}: a login server, not a supernode",
+)
+
+ATTACH = MessageSpec(
+    MsgType.ATTACH,
+    Struct(
+        "request_id" / Int32ub * "echoed in the ATTACH_RESULT",
+        "redirects" / Int8ub * "how many supernodes redirected this device in this attempt",
+    ),
+    "edge supernode service (no external spec)",
+    "A device asks the supernode its session reached to serve it: keep its presence, "
+    "carry its signalling. Sent once the session is up.",
+)
+
+ATTACH_RESULT = MessageSpec(
+    MsgType.ATTACH_RESULT,
+    Struct(
+        "request_id" / Int32ub * "from the ATTACH",
+        "code"
+        / EnumField(ErrorCode, 2, accept_unknown=True)
+        * "OK: attached; BUSY: not attached, try the alternatives (then the host cache)",
+        "load"
+        / Int8ub
+        * f"the supernode's clients in percent of its capacity; {LOAD_UNKNOWN}: none",
+        "alternatives"
+        / Array(ALTERNATIVES_MAX, HostEntry)
+        * "with BUSY: supernodes known to have room, best first",
+    ),
+    "edge supernode service (no external spec)",
+    "The answer to ATTACH. A supernode above its soft limit redirects new devices to "
+    "peers with room, so devices spread instead of piling onto the first supernodes "
+    "they learn; past a few redirects a device is admitted anywhere below the hard limit.",
+)
+
+HOSTCACHE_REQUEST = MessageSpec(
+    MsgType.HOSTCACHE_REQUEST,
+    Struct(
+        "request_id" / Int32ub * "echoed in the HOSTCACHE",
+        "offset" / Int8ub * "the first entry wanted; 0, then the next page's start",
+    ),
+    "edge supernode service (no external spec); the seed's host cache exchange",
+    "A device asks for the supernode's list of other live supernodes.",
+)
+
+HOSTCACHE = MessageSpec(
+    MsgType.HOSTCACHE,
+    Struct(
+        "request_id" / Int32ub * "from the HOSTCACHE_REQUEST",
+        "total" / Int8ub * f"entries in the whole list (at most {HOSTCACHE_MAX})",
+        "offset" / Int8ub * "where this page starts",
+        "entries" / Array(HOSTCACHE_PAGE, HostEntry) * "this page, best first",
+    ),
+    "edge supernode service (no external spec); the seed's host cache exchange",
+    "Up to 200 live supernodes the giver heard from recently, ranked by freshness and "
+    "its measured round-trip time (full ones left out), then the login servers, flagged; "
+    "a draw among the best, so two devices asking get different lists and spread.",
+)
+
+DETACH = MessageSpec(
+    MsgType.DETACH,
+    Struct(
+        "code"
+        / EnumField(ErrorCode, 2, accept_unknown=True)
+        * "UNAVAILABLE: the supernode is shutting down; BUSY: it sheds load",
+        "alternatives" / Array(ALTERNATIVES_MAX, HostEntry) * "where to go, best first",
+    ),
+    "edge supernode service (no external spec)",
+    "The supernode stops serving this device and hands it to others: the device "
+    "attaches to an alternative (or its host cache) and publishes its presence there.",
+)
+
 SPECS: dict[MsgType, MessageSpec] = {
     spec.type: spec
     for spec in (
@@ -1405,6 +1501,11 @@ SPECS: dict[MsgType, MessageSpec] = {
         DIALBACK_PROBE,
         DIALBACK_CONFIRM,
         DIALBACK_RESULT,
+        ATTACH,
+        ATTACH_RESULT,
+        HOSTCACHE_REQUEST,
+        HOSTCACHE,
+        DETACH,
     )
 }
 
