@@ -263,3 +263,26 @@ def test_signalling_for_someone_offline_goes_nowhere_and_is_counted(tmp_path: Pa
             assert node.clients.counts["forward-not-found"] == 1
 
     run_uv(main())
+
+
+def test_stopping_hands_attached_devices_to_the_other_supernodes(tmp_path: Path) -> None:
+    issuer = IssuerKey.generate()
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            first = await supernode(stack, tmp_path, issuer, 1, ())
+            assert first.bound is not None
+            second = await supernode(stack, tmp_path, issuer, 2, (first.bound.udp,))
+            assert second.bound is not None
+            alice = await stack.enter_async_context(device(issuer, "alice", 1))
+            await alice.attach(first)
+            alice.send(MsgType.ATTACH, {"request_id": 1, "redirects": 0})
+            attached = await alice.receive(MsgType.ATTACH_RESULT)
+            assert attached.code is ErrorCode.OK
+            # The second supernode joined through the first: the first has heard from it.
+            await first.stop()
+            detach = await alice.receive(MsgType.DETACH)
+            assert detach.code is ErrorCode.UNAVAILABLE
+            assert [tuple(e.address) for e in detach.alternatives] == [second.bound.udp]
+
+    run_uv(main())

@@ -1,9 +1,25 @@
-"""What a supernode does for the clients attached to it: presence, and rendezvous.
+"""What a supernode does for the devices attached to it: admission, host cache,
+presence, rendezvous.
 
 How it works: :class:`ClientService` sits above the supernode's
 :class:`~edge.supernode.overlay.OverlayService` and drives it as a sans-IO
-core. Clients reach the supernode in Noise sessions on the same UDP port as
-the overlay; their messages arrive as the overlay's pass-through events.
+core. Devices reach the supernode in Noise sessions on the same UDP port as
+the overlay; their messages arrive as the overlay's pass-through events, and
+:data:`ClientService._HANDLERS` says who answers each type.
+
+* ATTACH: :class:`~edge.supernode.admission.Admission` decides — attached,
+  or (above the soft limit, or full) ATTACH_RESULT BUSY naming peers known to
+  have room. The table of attached devices is
+  :class:`~edge.supernode.attach.Attachments`.
+* HOSTCACHE_REQUEST: a page of the host cache this supernode offers (live
+  peers by freshness and round-trip time, full ones left out, login servers
+  last).
+* Load gossip: every :data:`GOSSIP_INTERVAL` a few peers from the routing
+  table are pinged; their PONGs carry their load and give the round-trip
+  time, which feed the admission's table. The same round detaches devices
+  gone silent.
+* :meth:`ClientService.detach_all` (at shutdown) sends every attached device
+  DETACH with the best alternatives, so they move before the port closes.
 
 * PRESENCE_PUBLISH: the record is checked completely before the overlay sees
   it (:func:`~edge.overlay.presence.verify_presence`: certificate, signature,
@@ -18,8 +34,11 @@ the overlay; their messages arrive as the overlay's pass-through events.
 
 Both answers are PRESENCE_RESULT with the request's id.
 
-Rendezvous. A device that published its presence here is *attached* here
-(per user and device, from its certificate). SIGNAL_FORWARD from a client
+A device that publishes its presence here without ATTACH is attached on the
+way unless this supernode is full (it chose this supernode; a full one says
+BUSY).
+
+Rendezvous. Signalling is delivered to devices attached here. SIGNAL_FORWARD from a client
 carries opaque bytes for another user (the two clients' own Noise session:
 its handshake first, then call signalling inside it, so supernodes see only
 ciphertext) and becomes SIGNAL_RELAYED, stamped with the sender's certified
@@ -38,6 +57,7 @@ goes up unchanged through :meth:`next_event`. Caps: requests waiting for the
 overlay (beyond it a client is told BUSY); the overlay caps the rest.
 """
 
+import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,13 +70,19 @@ from edge.overlay.ids import id_to_bytes, key_for_user
 from edge.overlay.presence import parse_presence, verify_presence
 from edge.sansio import Address
 from edge.session.events import MessageReceived, SessionFailed
-from edge.supernode.overlay import Found, OverlayService, Published
+from edge.supernode.admission import Admission, Admitted
+from edge.supernode.attach import Attachments
+from edge.supernode.overlay import Found, OverlayService, PeerHeard, Published
 from edge.wire.codes import ErrorCode, MsgType
 
 MAX_RECORDS = 8
 """Records in one PRESENCE_RESULT: a user's devices online at once."""
 
-MAX_DEVICES_PER_USER = 8
+GOSSIP_INTERVAL = 30.0
+"""Seconds between rounds of load gossip: half the age at which a load report is
+ignored, so a supernode's view of its peers' loads stays fresh."""
+GOSSIP_FANOUT = 4
+"""Supernodes pinged per round."""
 
 RELAYED_FIELDS = ("to_user", "to_device", "from_user", "from_device", "from_address")
 
@@ -65,8 +91,6 @@ RELAYED_FIELDS = ("to_user", "to_device", "from_user", "from_device", "from_addr
 class ClientLimits:
     max_waiting: int = 1024
     """PRESENCE requests, and signalling waiting for a lookup, from all clients together."""
-    max_attached: int = 100_000
-    """Devices served here (those that published their presence here)."""
 
 
 _Handler = Callable[["ClientService", MessageReceived, float], None]
@@ -87,16 +111,21 @@ class ClientService:
         trust: TrustStore,
         *,
         limits: ClientLimits | None = None,
+        admission: Admission | None = None,
+        rng: random.Random | None = None,
         verify: Callable[[bytes, bytes, TrustStore, float], Any] = verify_presence,
     ) -> None:
         self.overlay = overlay
         self.trust = trust
         self.limits = limits or ClientLimits()
+        self._rng = rng or random.SystemRandom()
+        self.admission = admission or Admission(overlay.node.contact.address)
+        self.attached = Attachments(self.admission, self._rng)
+        overlay.report_load = lambda: min(100, round(100 * self.admission.load))
         self._verify = verify
         self._waiting: dict[int, _Asker] = {}
         self._forwards: dict[int, dict[str, Any]] = {}
-        self._attached: dict[str, dict[str, int]] = {}
-        self._attached_count = 0
+        self._gossip_at: float | None = None
         self._events: deque[object] = deque()
         self.counts: Counter[str] = Counter()
         """``publish``, ``lookup``, ``published``, ``found``, ``not-found``, ``busy``,
@@ -105,7 +134,21 @@ class ClientService:
     def join(self, bootstrap: Iterable[Address], now: float) -> None:
         """Join the overlay (:meth:`OverlayService.join`); :class:`Joined` comes up as an event."""
         self.overlay.join(bootstrap, now)
+        self._gossip_at = now + GOSSIP_INTERVAL
         self._pump(now)
+
+    def detach_all(self, code: ErrorCode = ErrorCode.UNAVAILABLE, now: float = 0.0) -> int:
+        """Tell every attached device to go elsewhere (shutting down); how many were told."""
+        alternatives = self.attached.best_alternatives(now)
+        told = 0
+        for index in self.attached.sessions():
+            if self.overlay.endpoint.is_established(index):
+                body = {"code": code, "alternatives": alternatives}
+                self.overlay.endpoint.send(index, MsgType.DETACH, body)
+                told += 1
+            self.attached.detach_session(index)
+        self.counts["detached"] += told
+        return told
 
     # -- the DatagramCore protocol, passed through to the overlay
 
@@ -119,11 +162,22 @@ class ClientService:
         return self.overlay.datagrams_to_send(now)
 
     def get_timer(self) -> float | None:
-        return self.overlay.get_timer()
+        timers = [t for t in (self.overlay.get_timer(), self._gossip_at) if t is not None]
+        return min(timers, default=None)
 
     def handle_timer(self, now: float) -> None:
         self.overlay.handle_timer(now)
+        if self._gossip_at is not None and self._gossip_at <= now:
+            self._gossip(now)
         self._pump(now)
+
+    def _gossip(self, now: float) -> None:
+        """Ask a few supernodes how full they are, and forget devices gone silent."""
+        self._gossip_at = now + GOSSIP_INTERVAL
+        contacts = self.overlay.node.table.contacts()
+        for contact in self._rng.sample(contacts, min(GOSSIP_FANOUT, len(contacts))):
+            self.overlay.ping(contact, now)
+        self.counts["detached-idle"] += len(self.attached.detach_idle(now))
 
     def next_event(self) -> object | None:
         return self._events.popleft() if self._events else None
@@ -139,14 +193,17 @@ class ClientService:
             )
             if handler is not None:
                 assert isinstance(event, MessageReceived)
+                self.attached.touch(event.index, now)
                 handler(self, event, now)
+            elif isinstance(event, PeerHeard):
+                self._peer_heard(event, now)
             elif isinstance(event, Found) and event.tag in self._forwards:
                 self._forward_found(event, now)
             elif isinstance(event, Found | Published) and event.tag in self._waiting:
                 self._answer(event)
             else:
                 if isinstance(event, SessionFailed):
-                    self._detach(event.index)
+                    self.attached.detach_session(event.index)
                 self._events.append(event)
 
     def _publish(self, event: MessageReceived, now: float) -> None:
@@ -160,7 +217,11 @@ class ClientService:
             self.counts[f"refused-{reason}"] += 1
             self._result(event.index, body.request_id, exc.code)
             return
-        self._attach(event.index, verified.certificate.user_id, verified.certificate.device_id)
+        device = (verified.certificate.user_id, verified.certificate.device_id)
+        if not self._admit_publisher(event.index, device, now):
+            self.counts["busy"] += 1
+            self._result(event.index, body.request_id, ErrorCode.BUSY)
+            return
         key = key_for_user(verified.presence.user_id)
         self._start(event.index, body.request_id, lambda: self.overlay.publish(key, record, now))
 
@@ -203,29 +264,50 @@ class ClientService:
 
     # -- rendezvous: signalling between clients, through one or two supernodes
 
-    def _attach(self, index: int, user: str, device: str) -> None:
-        """The device in session ``index`` is served here (it published its presence here)."""
-        devices = self._attached.setdefault(user, {})
-        if device not in devices and (
-            len(devices) >= MAX_DEVICES_PER_USER or self._attached_count >= self.limits.max_attached
-        ):
-            self.counts["attach-full"] += 1
-            return
-        self._attached_count += device not in devices
-        devices[device] = index
+    def _admit_publisher(self, index: int, device: tuple[str, str], now: float) -> bool:
+        """A device publishing here chose this supernode: let it in unless it is full."""
+        if self.attached.is_attached(device):
+            return True
+        hops = self.admission.limits.max_hops
+        return isinstance(self.attached.attach(index, device, now, redirects=hops), Admitted)
 
-    def _detach(self, index: int) -> None:
-        for user, devices in list(self._attached.items()):
-            for device, attached in list(devices.items()):
-                if attached == index:
-                    del devices[device]
-                    self._attached_count -= 1
-            if not devices:
-                del self._attached[user]
+    # -- attaching and the host cache
 
-    def attached(self, user: str) -> dict[str, int]:
-        """The sessions of ``user``'s devices served here, by device id."""
-        return dict(self._attached.get(user, {}))
+    def _on_attach(self, event: MessageReceived, now: float) -> None:
+        body = event.message.body
+        peer = self.overlay.endpoint.peer(event.index)
+        outcome = self.attached.attach(
+            event.index, (peer.user_id, peer.device_id), now, redirects=body.redirects
+        )
+        load = min(100, round(100 * self.admission.load))
+        answer: dict[str, Any] = {"request_id": body.request_id, "load": load}
+        if isinstance(outcome, Admitted):
+            self.counts["attached"] += 1
+            answer |= {"code": ErrorCode.OK, "alternatives": []}
+        else:
+            self.counts["redirected"] += 1
+            alternatives = self.attached.alternatives(outcome.alternatives)
+            answer |= {"code": ErrorCode.BUSY, "alternatives": alternatives}
+        self.overlay.endpoint.send(event.index, MsgType.ATTACH_RESULT, answer)
+
+    def _on_hostcache(self, event: MessageReceived, now: float) -> None:
+        body = event.message.body
+        total, entries = self.attached.host_cache_page(now, body.offset)
+        answer = {
+            "request_id": body.request_id,
+            "total": total,
+            "offset": body.offset,
+            "entries": entries,
+        }
+        self.overlay.endpoint.send(event.index, MsgType.HOSTCACHE, answer)
+
+    def _peer_heard(self, event: PeerHeard, now: float) -> None:
+        try:
+            self.admission.note_peer(event.contact.address, now, rtt=event.rtt, load=event.load)
+        except RemoteError:
+            self.counts["bad-load-report"] += 1
+
+    # -- rendezvous: signalling between clients, through one or two supernodes
 
     def _forward(self, event: MessageReceived, now: float) -> None:
         """A client's signalling for another user: stamp who sent it, and route it."""
@@ -263,9 +345,7 @@ class ClientService:
 
     def _deliver(self, relayed: dict[str, Any]) -> bool:
         """Send to the addressed devices attached here; False when none is."""
-        devices = self._attached.get(relayed["to_user"], {})
-        wanted = relayed["to_device"]
-        targets = [i for d, i in devices.items() if not wanted or d == wanted]
+        targets = self.attached.sessions_of(relayed["to_user"], relayed["to_device"])
         for index in targets:
             if self.overlay.endpoint.is_established(index):
                 self.overlay.endpoint.send(index, MsgType.SIGNAL_RELAYED, relayed)
@@ -310,5 +390,7 @@ class ClientService:
         MsgType.PRESENCE_LOOKUP: _lookup,
         MsgType.SIGNAL_FORWARD: _forward,
         MsgType.SIGNAL_RELAYED: _relayed,
+        MsgType.ATTACH: _on_attach,
+        MsgType.HOSTCACHE_REQUEST: _on_hostcache,
     }
     """The client messages a supernode answers, and who answers each."""

@@ -22,6 +22,7 @@ DEFAULT_TCP_PORTS = (80, 443)
 DEFAULT_RELAY_PORTS = range(49152, 65536)
 SECTIONS = {"supernode", "relay", "overlay"}
 MAX_BOOTSTRAP = 64
+MAX_LOGIN_SERVERS = 8
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class OverlayConfig:
     """The public IPv4 address other supernodes reach this one at; default: the
     relay address, else the listening host."""
     bootstrap: tuple[tuple[str, int], ...] = ()
+    login_servers: tuple[tuple[str, int], ...] = ()
+    """Handed to devices with the host cache, flagged as login servers."""
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +70,10 @@ class SupernodeConfig:
     state_dir: Path = DEFAULT_STATE
     control_socket: Path = DEFAULT_CONTROL
     max_tcp_connections: int = 1000
+    max_clients: int = 1000
+    """Devices attached at once; past it a device is refused and sent elsewhere."""
+    redirect_at: float = 0.8
+    """Fraction of ``max_clients`` above which new devices are sent to peers with room."""
     shutdown_grace: float = 5.0
     relay: RelayConfig = field(default_factory=RelayConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
@@ -96,6 +103,8 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
             "state_dir",
             "control_socket",
             "max_tcp_connections",
+            "max_clients",
+            "redirect_at",
             "shutdown_grace_seconds",
         }
     )
@@ -110,6 +119,8 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
         state_dir=table.get_path("state_dir", DEFAULT_STATE),
         control_socket=table.get_path("control_socket", DEFAULT_CONTROL),
         max_tcp_connections=table.get_int("max_tcp_connections", 1000, min=1, max=1_000_000),
+        max_clients=table.get_int("max_clients", 1000, min=1, max=1_000_000),
+        redirect_at=table.get_float("redirect_at", 0.8, min=0.01, max=1.0),
         shutdown_grace=table.get_float("shutdown_grace_seconds", 5.0, min=0, max=300),
         relay=_relay(doc.get_table("relay")),
         overlay=_overlay(doc.get_table("overlay")),
@@ -130,7 +141,7 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
 
 
 def _overlay(table: ConfigDoc) -> OverlayConfig:
-    table.check_unknown({"certificate", "issuer_key", "address", "bootstrap"})
+    table.check_unknown({"certificate", "issuer_key", "address", "bootstrap", "login_servers"})
     certificate = table.get_path("certificate", None)
     issuer_key = table.get_hex_bytes("issuer_key", 32, b"")
     if certificate is not None and not issuer_key:
@@ -141,8 +152,13 @@ def _overlay(table: ConfigDoc) -> OverlayConfig:
     if address and not _is_ipv4(address):
         raise table.error("address", f"expected an IPv4 address, got {address!r}")
     bootstrap = table.get_list_of_addresses("bootstrap", [], max_items=MAX_BOOTSTRAP)
+    login_servers = table.get_list_of_addresses("login_servers", [], max_items=MAX_LOGIN_SERVERS)
     return OverlayConfig(
-        certificate=certificate, issuer_key=issuer_key, address=address, bootstrap=tuple(bootstrap)
+        certificate=certificate,
+        issuer_key=issuer_key,
+        address=address,
+        bootstrap=tuple(bootstrap),
+        login_servers=tuple(login_servers),
     )
 
 

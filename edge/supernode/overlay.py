@@ -24,9 +24,10 @@ Three kinds of operation run on top of the Kademlia cores:
   fills the routing table and makes this node known to those it asks.
 
 Each ends with one event (:class:`Found`, :class:`Published`, :class:`Joined`).
-Every PONG gives a :class:`PeerHeard` with the round-trip time measured and the
-load the peer reported, which the layer above feeds to its load table; this
-node's own load goes into the PONGs it sends (:attr:`OverlayService.report_load`).
+Every request received and every reply gives a :class:`PeerHeard` (a reply
+with the round-trip time measured, a PONG with the load the peer reported),
+which the layer above feeds to its table of live peers; this node's own load
+goes into the PONGs it sends (:attr:`OverlayService.report_load`).
 Requests are paired with replies by ``request_id``; a reply must come from the
 node that was asked. A request unanswered after twice the lookup timeout marks
 its node failed in the routing table (a lookup itself moves on after one
@@ -124,10 +125,11 @@ class Joined:
 
 @dataclass(frozen=True)
 class PeerHeard:
-    """A supernode answered a PING: alive, this round-trip time, this load (or None)."""
+    """A supernode was heard from: it asked something (``rtt`` None) or answered
+    (``rtt`` measured); a PONG also carries its ``load``."""
 
     contact: Contact
-    rtt: float
+    rtt: float | None
     load: float | None
 
 
@@ -367,6 +369,7 @@ class OverlayService:
         reply = self.node.handle_request(sender, request, wall)
         if isinstance(reply, Pong):
             reply = Pong(self.report_load())
+        self._emit(PeerHeard(sender, None, None))
         self.endpoint.send(index, *to_wire(request_id, reply))
 
     def _reply(self, sender: Contact, request_id: int, reply: Reply, wall: float) -> None:
@@ -379,9 +382,8 @@ class OverlayService:
             return
         del self._outstanding[request_id]
         self.node.note_reply(sender, wall)
-        if isinstance(reply, Pong):
-            load = None if reply.load > 100 else reply.load / 100
-            self._emit(PeerHeard(sender, max(0.0, wall - outstanding.sent), load))
+        load = None if not isinstance(reply, Pong) or reply.load > 100 else reply.load / 100
+        self._emit(PeerHeard(sender, max(0.0, wall - outstanding.sent), load))
         operation = self._operations.get(outstanding.operation)
         if operation is not None:
             self._operation_reply(operation, outstanding.contact, reply, wall)

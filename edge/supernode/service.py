@@ -20,7 +20,8 @@ login server's issuer (``edge keys certify --device <state_dir>/supernode.key``)
 Once everything is bound the control socket opens and systemd hears READY=1,
 with a status line naming the ports; the watchdog is pinged from the loop.
 
-How it stops (SIGTERM): STOPPING=1, the TCP listeners close so no new client
+How it stops (SIGTERM): STOPPING=1, attached devices get DETACH naming other
+supernodes with room (they re-attach and publish there), the TCP listeners close so no new client
 comes, allocations and TCP clients already here are served for up to
 ``shutdown_grace`` seconds, then every socket closes.
 """
@@ -51,11 +52,13 @@ from edge.runtime.control import ControlServer, JsonObject
 from edge.session.datagram import DatagramEndpoint
 from edge.session.handshake import Identity
 from edge.stun.turn import TurnServer
+from edge.supernode.admission import Admission, AdmissionLimits
 from edge.supernode.clients import ClientService
 from edge.supernode.config import SupernodeConfig
 from edge.supernode.errors import SupernodeBindError, SupernodeIdentityError
 from edge.supernode.overlay import Joined, OverlayService
 from edge.supernode.relay import RelayAdapter
+from edge.wire.codes import ErrorCode
 from edge.wire.errors import WireError
 from edge.wire.messages import parse_certificate
 
@@ -165,7 +168,9 @@ class Supernode:
         contact = Contact(node_id_for(identity.keys.dh_public), (config.public_host, port))
         node = Node(contact, presence_validator(trust, None, self._clock), self._clock())
         overlay = OverlayService(endpoint, node, wall_offset=wall_offset)
-        self.clients = ClientService(overlay, trust)
+        limits = AdmissionLimits(capacity=config.max_clients, soft=config.redirect_at)
+        admission = Admission(contact.address, limits, config.overlay.login_servers)
+        self.clients = ClientService(overlay, trust, admission=admission)
         self.relay.attach(self.clients, self._on_edge_event)
         self.clients.join(config.overlay.bootstrap, loop.time())
         self.relay.flush_edge()
@@ -176,7 +181,12 @@ class Supernode:
             self.joined.set()
 
     async def stop(self) -> None:
-        """Close listeners, serve current clients for the grace period, close the rest."""
+        """Hand attached devices to other supernodes, close listeners, serve current TURN
+        clients for the grace period, close the rest."""
+        if self.clients is not None:
+            told = self.clients.detach_all(ErrorCode.UNAVAILABLE, asyncio.get_running_loop().time())
+            self.relay.flush_edge()
+            _log.info("handed %d devices to other supernodes", told)
         self.relay.stop_listening()
         await self.relay.wait_idle(self.config.shutdown_grace)
         await self.control.stop()
@@ -212,6 +222,8 @@ class Supernode:
             "node_id": f"{overlay.node.contact.node_id:064x}",
             "contacts": len(overlay.node.table),
             "records": len(overlay.node.store.held()),
+            "devices": len(self.clients.attached),
+            "load": round(self.clients.admission.load, 3),
             "counts": dict(overlay.counts),
             "presence": dict(self.clients.counts),
         }
