@@ -18,6 +18,10 @@ the overlay; their messages arrive as the overlay's pass-through events, and
   table are pinged; their PONGs carry their load and give the round-trip
   time, which feed the admission's table. The same round detaches devices
   gone silent.
+* DIALBACK_REQUEST and DIALBACK_CONFIRM go to the
+  :class:`~edge.supernode.dialback.DialbackService`; its probes come up as
+  :class:`~edge.supernode.dialback.SendProbe` events for the adapter to send
+  from a socket of their own, its results go back in the session.
 * :meth:`ClientService.detach_all` (at shutdown) sends every attached device
   DETACH with the best alternatives, so they move before the port closes.
 
@@ -72,6 +76,7 @@ from edge.sansio import Address
 from edge.session.events import MessageReceived, SessionFailed
 from edge.supernode.admission import Admission, Admitted
 from edge.supernode.attach import Attachments
+from edge.supernode.dialback import DialbackService, Requester, SendProbe
 from edge.supernode.overlay import Found, OverlayService, PeerHeard, Published
 from edge.wire.codes import ErrorCode, MsgType
 
@@ -113,6 +118,7 @@ class ClientService:
         limits: ClientLimits | None = None,
         admission: Admission | None = None,
         rng: random.Random | None = None,
+        dialback: DialbackService | None = None,
         verify: Callable[[bytes, bytes, TrustStore, float], Any] = verify_presence,
     ) -> None:
         self.overlay = overlay
@@ -123,6 +129,7 @@ class ClientService:
         self.attached = Attachments(self.admission, self._rng)
         overlay.report_load = lambda: min(100, round(100 * self.admission.load))
         self._verify = verify
+        self.dialback = dialback
         self._waiting: dict[int, _Asker] = {}
         self._forwards: dict[int, dict[str, Any]] = {}
         self._gossip_at: float | None = None
@@ -162,13 +169,17 @@ class ClientService:
         return self.overlay.datagrams_to_send(now)
 
     def get_timer(self) -> float | None:
-        timers = [t for t in (self.overlay.get_timer(), self._gossip_at) if t is not None]
-        return min(timers, default=None)
+        dialback = self.dialback.get_timer() if self.dialback is not None else None
+        timers = [self.overlay.get_timer(), self._gossip_at, dialback]
+        return min((t for t in timers if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         self.overlay.handle_timer(now)
         if self._gossip_at is not None and self._gossip_at <= now:
             self._gossip(now)
+        if self.dialback is not None:
+            self.dialback.handle_timer(now)
+            self._dialback_actions()
         self._pump(now)
 
     def _gossip(self, now: float) -> None:
@@ -261,6 +272,29 @@ class ClientService:
         self.counts["found" if records else "not-found"] += 1
         code = ErrorCode.OK if records else ErrorCode.NOT_FOUND
         self._result(asker.index, asker.request_id, code, records=records)
+
+    # -- dial-back tests for devices that would be supernodes
+
+    def _on_dialback(self, event: MessageReceived, now: float) -> None:
+        if self.dialback is None:
+            self.counts["dialback-off"] += 1
+            return
+        peer = self.overlay.endpoint.peer(event.index)
+        contact = self.overlay.contact_of(event.index)
+        if contact is None:
+            return
+        who = Requester(event.index, peer.user_id, peer.device_id, contact.address)
+        self.dialback.receive(who, event.message, now)
+        self._dialback_actions()
+
+    def _dialback_actions(self) -> None:
+        assert self.dialback is not None
+        while (action := self.dialback.next_action()) is not None:
+            if isinstance(action, SendProbe):
+                # Leaves from a socket the device's session never used: the adapter's job.
+                self._events.append(action)
+            elif self.overlay.endpoint.is_established(action.index):
+                self.overlay.endpoint.send(action.index, MsgType.DIALBACK_RESULT, action.body())
 
     # -- rendezvous: signalling between clients, through one or two supernodes
 
@@ -392,5 +426,7 @@ class ClientService:
         MsgType.SIGNAL_RELAYED: _relayed,
         MsgType.ATTACH: _on_attach,
         MsgType.HOSTCACHE_REQUEST: _on_hostcache,
+        MsgType.DIALBACK_REQUEST: _on_dialback,
+        MsgType.DIALBACK_CONFIRM: _on_dialback,
     }
     """The client messages a supernode answers, and who answers each."""

@@ -55,6 +55,7 @@ from edge.stun.turn import TurnServer
 from edge.supernode.admission import Admission, AdmissionLimits
 from edge.supernode.clients import ClientService
 from edge.supernode.config import SupernodeConfig
+from edge.supernode.dialback import DialbackService, SendProbe
 from edge.supernode.errors import SupernodeBindError, SupernodeIdentityError
 from edge.supernode.overlay import Joined, OverlayService
 from edge.supernode.relay import RelayAdapter
@@ -106,6 +107,8 @@ class Supernode:
         )
         self.bound: Bound | None = None
         self.clients: ClientService | None = None
+        self._probe: socket.socket | None = None
+        """The dial-back probes' own socket: no device session ever used it."""
         self.joined = asyncio.Event()
         """Set once the overlay join has ended (with whatever contacts it found)."""
 
@@ -119,6 +122,7 @@ class Supernode:
             await self.control.start()
         except BaseException:
             await self.relay.close()
+            self._close_probe()
             raise
         return self.bound
 
@@ -170,13 +174,25 @@ class Supernode:
         overlay = OverlayService(endpoint, node, wall_offset=wall_offset)
         limits = AdmissionLimits(capacity=config.max_clients, soft=config.redirect_at)
         admission = Admission(contact.address, limits, config.overlay.login_servers)
-        self.clients = ClientService(overlay, trust, admission=admission)
+        dialback = DialbackService(
+            identity.keys.sign,
+            identity.certificate,
+            contact.address,
+            wall_offset=wall_offset,
+        )
+        self.clients = ClientService(overlay, trust, admission=admission, dialback=dialback)
+        self._probe = _probe_socket(config.host)
         self.relay.attach(self.clients, self._on_edge_event)
         self.clients.join(config.overlay.bootstrap, loop.time())
         self.relay.flush_edge()
 
     def _on_edge_event(self, event: object) -> None:
-        if isinstance(event, Joined):
+        if isinstance(event, SendProbe) and self._probe is not None:
+            try:
+                self._probe.sendto(event.datagram, event.address)
+            except OSError as exc:
+                _log.debug("dial-back probe to %s failed: %s", event.address, exc)
+        elif isinstance(event, Joined):
             _log.info("joined the overlay: %d supernodes known", event.known)
             self.joined.set()
 
@@ -191,6 +207,12 @@ class Supernode:
         await self.relay.wait_idle(self.config.shutdown_grace)
         await self.control.stop()
         await self.relay.close()
+        self._close_probe()
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     # -- control commands
 
@@ -262,6 +284,14 @@ def _read_certificate(path: Path) -> bytes:
     if not data or len(data) > MAX_CERTIFICATE_FILE:
         raise SupernodeIdentityError(f"{path} is not a certificate ({len(data)} bytes)")
     return data
+
+
+def _probe_socket(host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    sock.bind((host, 0))
+    return sock
 
 
 def _bind_tcp(host: str, port: int) -> socket.socket:

@@ -1,5 +1,6 @@
-"""Presence through real supernodes on loopback: a device publishes its signed record at
-its supernode, a device attached to another supernode finds it; forgeries are refused."""
+"""Real supernodes on loopback, driven by devices over Noise sessions: presence published
+at one supernode and found through another, forgeries refused, signalling carried between
+supernodes, devices handed over at shutdown, dial-back tests attested."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from edge.session.datagram import DatagramEndpoint
 from edge.session.events import MessageReceived, SessionEstablished
 from edge.session.handshake import Identity
 from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig
+from edge.supernode.dialback import verify_attestation
 from edge.supernode.service import Supernode, supernode_keys
 from edge.wire.codes import ErrorCode, MsgType
-from edge.wire.messages import CandidateKind, Transport
+from edge.wire.messages import CandidateKind, Transport, decode
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -66,6 +68,14 @@ async def supernode(
     stack.push_async_callback(node.stop)
     await asyncio.wait_for(node.joined.wait(), TIMEOUT)
     return node
+
+
+class Listener(asyncio.DatagramProtocol):
+    def __init__(self, arrivals: asyncio.Queue[tuple[bytes, Any]]) -> None:
+        self.arrivals = arrivals
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.arrivals.put_nowait((data, addr))
 
 
 @dataclass
@@ -284,5 +294,38 @@ def test_stopping_hands_attached_devices_to_the_other_supernodes(tmp_path: Path)
             detach = await alice.receive(MsgType.DETACH)
             assert detach.code is ErrorCode.UNAVAILABLE
             assert [tuple(e.address) for e in detach.alternatives] == [second.bound.udp]
+
+    run_uv(main())
+
+
+def test_a_dial_back_reaches_an_open_port_and_is_attested(tmp_path: Path) -> None:
+    issuer = IssuerKey.generate()
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            node = await supernode(stack, tmp_path, issuer, 1, ())
+            alice = await stack.enter_async_context(device(issuer, "alice", 1))
+            await alice.attach(node)
+            # The device's "port P": a plain socket the session never used.
+            arrivals: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue()
+            port_p, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: Listener(arrivals), local_addr=("127.0.0.1", 0)
+            )
+            stack.callback(port_p.close)
+            port = port_p.get_extra_info("sockname")[1]
+            alice.send(MsgType.DIALBACK_REQUEST, {"request_id": 6, "port": port})
+            datagram, source = await asyncio.wait_for(arrivals.get(), TIMEOUT)
+            assert node.bound is not None and source != node.bound.udp
+            probe = decode(datagram)
+            assert probe.type is MsgType.DIALBACK_PROBE
+            alice.send(MsgType.DIALBACK_CONFIRM, {"request_id": 6, "nonce": probe.body.nonce})
+            result = await alice.receive(MsgType.DIALBACK_RESULT)
+            assert (result.request_id, result.code, result.reachable) == (6, ErrorCode.OK, True)
+            assert tuple(result.observed) == ("127.0.0.1", port)
+            attestation = verify_attestation(
+                bytes(result.attestation), TrustStore([issuer.public]), time.time(),
+                user_id="alice", device_id="d1",
+            )  # fmt: skip
+            assert attestation.observed == ("127.0.0.1", port)
 
     run_uv(main())
