@@ -12,7 +12,7 @@ from edge.overlay.messages import Contact
 from edge.overlay.node import Node
 from edge.overlay.store import Verdict
 from edge.sansio import Address
-from edge.supernode.overlay import Found, Joined, OverlayService, Published
+from edge.supernode.overlay import REFRESH_INTERVAL, Found, Joined, OverlayService, Published
 from edge.wire.codes import ErrorCode, MsgType
 from tests.netlab import NetLab
 from tests.sessions import WALL, endpoint, identity
@@ -203,3 +203,16 @@ def test_a_bootstrap_that_never_answers_still_ends_the_join() -> None:
     lone.join([("198.18.9.9", 4000)], lab.now)
     lab.run(lab.now + 60)
     assert overlay_events(lone) == [Joined(0)]
+
+
+def test_every_bucket_is_refreshed_each_hour_around_a_silent_node() -> None:
+    lab = built(12)
+    services = list(lab.nodes.values())
+    gone = services[4]
+    lab.silent.add(gone.node.contact.address)
+    lab.run(lab.now + REFRESH_INTERVAL + 60)
+    alive = [s for s in services if s is not gone]
+    for service in alive:
+        assert service.counts["refresh"] >= 1
+        # The refresh lookups ended, routing around the node that stopped answering.
+        assert not service._operations

@@ -33,7 +33,8 @@ node that was asked. A request unanswered after twice the lookup timeout marks
 its node failed in the routing table (a lookup itself moves on after one
 timeout and still takes a late reply). Every hour the node hands back the
 records it holds, which are published again so that they outlive their
-first holders; probes that the routing table asks for are sent as PINGs.
+first holders; every hour each bucket is refreshed by a lookup of a random id
+in its range; probes that the routing table asks for are sent as PINGs.
 
 Events that are not the overlay's (sessions, messages of other types, such as
 a client's PRESENCE_PUBLISH) are passed on unchanged through :meth:`next_event`
@@ -45,6 +46,7 @@ since records carry Unix expiries. Caps: operations in progress, requests in
 flight, requests waiting for a handshake per session.
 """
 
+import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -53,7 +55,7 @@ from typing import Any
 
 from edge.errors import RemoteError
 from edge.overlay.errors import OverlayMisuse
-from edge.overlay.ids import node_id_for
+from edge.overlay.ids import ID_BITS, node_id_for
 from edge.overlay.lookup import Lookup, Query
 from edge.overlay.messages import (
     Contact,
@@ -141,6 +143,12 @@ class _Kind(Enum):
     PUBLISH = "publish"
     REPUBLISH = "republish"
     JOIN = "join"
+    REFRESH = "refresh"
+
+
+REFRESH_INTERVAL = 3600.0
+"""Kademlia section 2.3: every bucket is refreshed by a lookup of a random id in
+its range once an hour, so contacts in quiet parts of the table do not go stale."""
 
 
 @dataclass
@@ -185,8 +193,11 @@ class OverlayService:
         *,
         wall_offset: float = 0.0,
         limits: OverlayLimits | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._rng = rng or random.Random()
+        self._refresh_at: float | None = None
         self.node = node
         self.wall_offset = wall_offset
         self.limits = limits or OverlayLimits()
@@ -236,6 +247,7 @@ class OverlayService:
                 operation.waiting += 1
         if operation.waiting == 0:
             self._start_join_lookup(operation, now + self.wall_offset)
+        self._refresh_at = now + self.wall_offset + REFRESH_INTERVAL
         return operation.tag
 
     def ping(self, contact: Contact, now: float) -> None:
@@ -280,6 +292,8 @@ class OverlayService:
                 timer = operation.lookup.get_timer()
                 if timer is not None and timer <= wall:
                     self._drive(operation, operation.lookup.handle_timer(wall), wall)
+        if self._refresh_at is not None and self._refresh_at <= wall:
+            self._refresh_buckets(wall)
         if (timer := self.node.get_timer()) is not None and timer <= wall:
             for held in self.node.handle_timer(wall):
                 if len(self._operations) < self.limits.max_operations:
@@ -420,6 +434,22 @@ class OverlayService:
         self._drive(operation, operation.lookup.start(wall), wall)
         return operation
 
+    def _refresh_buckets(self, wall: float) -> None:
+        """A FIND_NODE for a random id in each bucket's range (no event when done)."""
+        self._refresh_at = wall + REFRESH_INTERVAL
+        own = self.node.contact.node_id
+        for shared in range(self.node.table.bucket_count):
+            if len(self._operations) >= self.limits.max_operations:
+                self.counts["refresh-skipped"] += 1
+                return
+            # Share exactly `shared` leading bits with our id: flip the next, randomise the rest.
+            low = ID_BITS - 1 - shared
+            target = own ^ (1 << low) ^ self._rng.getrandbits(low) if low > 0 else own ^ 1
+            operation = self._new_operation(_Kind.REFRESH, target)
+            self.counts["refresh"] += 1
+            operation.lookup = self.node.lookup(target, wall)
+            self._drive(operation, operation.lookup.start(wall), wall)
+
     def _start_join_lookup(self, operation: _Operation, wall: float) -> None:
         operation.lookup = self.node.lookup(operation.key, wall)
         self._drive(operation, operation.lookup.start(wall), wall)
@@ -452,6 +482,8 @@ class OverlayService:
             self._finish(operation, found)
         elif operation.kind is _Kind.JOIN:
             self._finish(operation, Joined(len(self.node.table)))
+        elif operation.kind is _Kind.REFRESH:
+            self._finish(operation, None)
         else:
             self._store_at_closest(operation, lookup.result(), wall)
 
@@ -577,6 +609,8 @@ class OverlayService:
         ]
         if (node_timer := self.node.get_timer()) is not None:
             deadlines.append(node_timer)
+        if self._refresh_at is not None:
+            deadlines.append(self._refresh_at)
         earliest = min(deadlines, default=None)
         return None if earliest is None else earliest - self.wall_offset
 
