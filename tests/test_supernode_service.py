@@ -30,6 +30,7 @@ from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig, f
 from edge.supernode.errors import SupernodeIdentityError
 from edge.supernode.service import Supernode
 from tests.daemon import notifying_daemon
+from tests.test_supernode_discovery import self_test
 
 T = TypeVar("T")
 SECRET = b"shared with the login server"
@@ -412,3 +413,36 @@ def test_a_certificate_of_another_key_stops_the_start(tmp_path: Path) -> None:
             await Supernode(config).start()
 
     run_uv(main())
+
+
+def test_with_a_second_address_the_supernode_serves_nat_behaviour_discovery(
+    tmp_path: Path,
+) -> None:
+    config = replace(config_for(tmp_path), alternate_host="127.0.0.2")
+
+    async def main() -> None:
+        async with running(config) as node:
+            assert node.bound is not None and node.discovery is not None
+            report = await self_test(node.bound.udp)
+            assert report.classification == "open"
+            assert report.other_address == node.discovery.addresses.alternate
+            status = (await request(config.control_socket, "status"))["result"]
+            assert status["nat_discovery"].startswith("127.0.0.2:")
+            counters = (await request(config.control_socket, "counters"))["result"]
+            assert counters["discovery"]
+
+    run_uv(main())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[supernode]\nalternate_host = "127.0.0.2"\n',  # host left as the wildcard
+        '[supernode]\nhost = "127.0.0.1"\nalternate_host = "127.0.0.1"\n',
+        '[supernode]\nhost = "127.0.0.1"\nalternate_host = "second.example"\n',
+    ],
+)
+def test_nat_discovery_needs_two_concrete_addresses(text: str) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        parse(text)
+    assert caught.value.key == "supernode.alternate_host"

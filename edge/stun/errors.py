@@ -7,7 +7,9 @@ also a remote error (:class:`IntegrityError`, :class:`FingerprintError`), and so
 is a TCP/TLS stream that has lost its framing (:class:`FramingError`).
 Building from bad values, or preparing an unusable password, is the caller's bug
 and raises :class:`StunBuildError` or :class:`CredentialError`; so is calling
-the TURN client out of order (:class:`TurnUsageError`).
+the TURN client out of order (:class:`TurnUsageError`), and giving the RFC 5780
+server addresses it cannot serve or a socket it does not hold
+(:class:`DiscoveryError`).
 """
 
 from edge.errors import LocalError, RemoteError
@@ -73,3 +75,8 @@ class TurnUsageError(LocalError):
     """The TURN client was asked for something its state or its caps do not allow:
     sending before the allocation exists or to a peer without a permission, or
     more permissions or channels than its limits hold."""
+
+
+class DiscoveryError(LocalError):
+    """The RFC 5780 server was given addresses that are not two IPs and two ports,
+    or a datagram from a socket that is not one of its four."""

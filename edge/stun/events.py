@@ -1,7 +1,7 @@
 """Events the STUN cores emit; the application drains them with ``next_event()``."""
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 from edge.sansio import Address
 from edge.stun.codec import Method
@@ -143,3 +143,89 @@ TurnClientEvent = (
     | TurnFailed
 )
 """Every event :class:`~edge.stun.turnclient.TurnClient` emits."""
+
+
+# --- the connectivity self-test (edge.stun.nat) -------------------------------------
+
+
+class MappingBehaviour(Enum):
+    """How a NAT maps one local address to public ones (RFC 4787 §4.1, RFC 5780 §4.3)."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    """The same public address whatever the destination (also: no NAT at all)."""
+    ADDRESS_DEPENDENT = "address-dependent"
+    """A new public address for each destination IP."""
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+    """A new public address for each destination IP and port."""
+    UNKNOWN = "unknown"
+    """Not measured: no answer to test I, no alternate address, or no answer from it."""
+
+
+class FilteringBehaviour(Enum):
+    """What a NAT or firewall lets in to a mapping (RFC 4787 §5, RFC 5780 §4.4)."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    """Anyone may send to the mapping once it exists."""
+    ADDRESS_DEPENDENT = "address-dependent"
+    """Only IPs the client has sent to."""
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+    """Only IP and port pairs the client has sent to."""
+    UNKNOWN = "unknown"
+    """Not measured: no answer to test I, or a server that cannot change its address."""
+
+
+@dataclass(frozen=True)
+class NatReport:
+    """What the connectivity self-test ("Am I X?") found behind one local socket.
+
+    :attr:`classification` sums it up in one word for a status line.
+    """
+
+    server: Address
+    """The RFC 5780 server asked (its primary address)."""
+    reflexive: Address | None
+    """Our address as the server saw it (test I), or None without an answer."""
+    mapping: MappingBehaviour
+    filtering: FilteringBehaviour
+    udp_blocked: bool
+    """Test I got no answer at all after every retransmission."""
+    nat_present: bool | None
+    """False when the reflexive address is the local one; None when unknown."""
+    other_address: Address | None = None
+    """The server's alternate address and port (OTHER-ADDRESS), when it sent one."""
+    note: str = ""
+    """Why something is unknown, for a log line; empty when everything was measured."""
+
+    @property
+    def classification(self) -> str:
+        """One word from RFC 3489's vocabulary, mapped from RFC 5780's behaviours:
+
+        * ``udp-blocked``: no answer to test I;
+        * ``symmetric``: address-dependent or address-and-port-dependent mapping
+          (a peer cannot reuse the address the server saw);
+        * with endpoint-independent mapping (or no NAT), by filtering:
+          endpoint-independent is ``open`` without a NAT and ``full-cone`` behind
+          one, address-dependent is ``restricted``, address-and-port-dependent is
+          ``port-restricted`` (with no NAT these are a firewall's filtering, which
+          peers meet just the same);
+        * ``unknown`` when a behaviour the answer needs was not measured.
+        """
+        if self.udp_blocked:
+            return "udp-blocked"
+        if self.mapping in _SYMMETRIC:
+            return "symmetric"
+        if self.mapping is MappingBehaviour.UNKNOWN:
+            return "unknown"
+        if self.filtering is FilteringBehaviour.ENDPOINT_INDEPENDENT:
+            return "full-cone" if self.nat_present else "open"
+        return _BY_FILTERING[self.filtering]
+
+
+_SYMMETRIC = frozenset(
+    {MappingBehaviour.ADDRESS_DEPENDENT, MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT}
+)
+_BY_FILTERING = {
+    FilteringBehaviour.ADDRESS_DEPENDENT: "restricted",
+    FilteringBehaviour.ADDRESS_AND_PORT_DEPENDENT: "port-restricted",
+    FilteringBehaviour.UNKNOWN: "unknown",
+}

@@ -23,10 +23,13 @@ requires, includes MAPPED-ADDRESS beside XOR-MAPPED-ADDRESS, plus
 RESPONSE-ORIGIN when ``response_origin`` (the address clients send to) is set.
 Without ``other_address`` only XOR-MAPPED-ADDRESS is sent: clients without the
 magic cookie (RFC 3489), which would need MAPPED-ADDRESS, are refused by the
-codec anyway. This core answers only from the socket a request came in on, so
-CHANGE-REQUEST with the change-IP or change-port flag gets 420 (RFC 5780 §6:
-a server without an alternate address and port MUST answer 420); without
-``other_address`` so does any CHANGE-REQUEST.
+codec anyway. On its own this core answers only from the socket a request came
+in on, so CHANGE-REQUEST with the change-IP or change-port flag gets 420 (RFC
+5780 §6: a server without an alternate address and port MUST answer 420);
+without ``other_address`` so does any CHANGE-REQUEST. An owner that does hold
+the four sockets (:class:`~edge.stun.discovery.DiscoveryServer`) sets
+``accept_change``, calls :meth:`BindingServer.answer` with the ``origin`` the
+answer will leave from, and sends it from there.
 
 No amplification: only a well-formed request is answered, with one datagram
 of at most :data:`MAX_RESPONSE` bytes; SOFTWARE is capped at construction and
@@ -83,6 +86,7 @@ class BindingServer:
         *,
         response_origin: Address | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        accept_change: bool = False,
     ) -> None:
         if len(software.encode("utf-8", "replace")) > MAX_SOFTWARE:
             raise StunBuildError(f"SOFTWARE: {software!r} is over {MAX_SOFTWARE} bytes")
@@ -93,6 +97,9 @@ class BindingServer:
         self.response_origin = response_origin
         """RESPONSE-ORIGIN (RFC 5780 §7.3), sent with ``other_address``: the address
         clients send to. It may be set after the socket is bound (port 0)."""
+        self.accept_change = accept_change
+        """With ``other_address``: the owner sends each answer from the socket its
+        CHANGE-REQUEST names, so any flags are answered rather than refused."""
         self.max_queued = max_queued
         self.counts: Counter[Outcome] = Counter()
         """Received datagrams by outcome."""
@@ -115,13 +122,8 @@ class BindingServer:
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Answer one datagram; raises a StunError (after counting it) for bad bytes."""
-        try:
-            request = self._parse(data)
-        except StunError:
-            self.counts[Outcome.MALFORMED] += 1
-            raise
-        if request.cls is not Class.REQUEST:
-            self.counts[Outcome.IGNORED] += 1
+        request = read_request(data, self.counts)
+        if request is None:
             return
         response, outcome = self.answer(request, addr)
         if len(self._outbox) >= self.max_queued:
@@ -146,8 +148,14 @@ class BindingServer:
 
     # -- answering
 
-    def answer(self, request: Message, source: Address) -> tuple[bytes, Outcome]:
-        """The response to a parsed request from ``source``, and how to count it."""
+    def answer(
+        self, request: Message, source: Address, *, origin: Address | None = None
+    ) -> tuple[bytes, Outcome]:
+        """The response to a parsed request from ``source``, and how to count it.
+
+        ``origin`` is the address a success leaves from, for RESPONSE-ORIGIN; by
+        default ``response_origin``.
+        """
         if request.method != Method.BINDING:
             message = self._error(request, 400, "Bad Request: only Binding is served")
             return self._finish(message), Outcome.BAD_REQUEST
@@ -156,14 +164,8 @@ class BindingServer:
             message = self._error(request, 420, "Unknown Attribute")
             message.attributes.append((AttrType.UNKNOWN_ATTRIBUTES, unknown))
             return self._finish(message), Outcome.UNKNOWN_ATTRIBUTE
-        return self._finish(self._success(request, source)), Outcome.SUCCESS
-
-    @staticmethod
-    def _parse(data: bytes) -> Message:
-        message = parse(data)
-        if message.get(AttrType.FINGERPRINT) is not None:
-            check_fingerprint(data)
-        return message
+        success = self._success(request, source, origin or self.response_origin)
+        return self._finish(success), Outcome.SUCCESS
 
     def _unknown(self, request: Message) -> list[int]:
         """Comprehension-required types this request carries that we will not honour."""
@@ -178,15 +180,17 @@ class BindingServer:
         flags = request.get(AttrType.CHANGE_REQUEST)
         if flags is None:
             return True
-        return self.other_address is not None and flags == ChangeFlags.NONE
+        if self.other_address is None:
+            return False
+        return self.accept_change or flags == ChangeFlags.NONE
 
-    def _success(self, request: Message, source: Address) -> Message:
+    def _success(self, request: Message, source: Address, origin: Address | None) -> Message:
         message = Message(Method.BINDING, Class.SUCCESS, request.transaction_id)
         message.attributes.append((AttrType.XOR_MAPPED_ADDRESS, source))
         if self.other_address is not None:
             message.attributes.append((AttrType.MAPPED_ADDRESS, source))
-            if self.response_origin is not None:
-                message.attributes.append((AttrType.RESPONSE_ORIGIN, self.response_origin))
+            if origin is not None:
+                message.attributes.append((AttrType.RESPONSE_ORIGIN, origin))
             message.attributes.append((AttrType.OTHER_ADDRESS, self.other_address))
         return message
 
@@ -203,3 +207,21 @@ class BindingServer:
         if len(data) > MAX_RESPONSE:
             raise StunBuildError(f"a {len(data)}-byte response, cap {MAX_RESPONSE}")
         return data
+
+
+def read_request(data: bytes, counts: Counter[Outcome]) -> Message | None:
+    """Steps 1 and 2 of the module docstring: the request to answer in ``data``, or None
+    for an indication or a response (counted ``IGNORED``). Bad bytes, a FINGERPRINT
+    that does not verify among them, are counted ``MALFORMED`` and raise StunError.
+    """
+    try:
+        message = parse(data)
+        if message.get(AttrType.FINGERPRINT) is not None:
+            check_fingerprint(data)
+    except StunError:
+        counts[Outcome.MALFORMED] += 1
+        raise
+    if message.cls is not Class.REQUEST:
+        counts[Outcome.IGNORED] += 1
+        return None
+    return message

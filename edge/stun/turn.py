@@ -37,7 +37,12 @@ A datagram from a client is sorted by its first byte (RFC 7983):
   way when the client has an allocation and a permission for the peer's IP;
   one with a comprehension-required attribute we do not honour (DONT-FRAGMENT
   among them: the core cannot set the DF bit) is dropped (RFC 8489 §6.3.2).
-* A Binding request is answered as a STUN server would (RFC 8489).
+* A Binding request is answered as a STUN server would (RFC 8489). Over UDP
+  it is first offered to ``binding_hook`` when one is set: an RFC 5780 server
+  that holds this socket and three more (:mod:`edge.stun.discovery`) takes
+  it, so that the answer carries OTHER-ADDRESS and a CHANGE-REQUEST is
+  answered from the socket it names instead of with 420. What the hook takes
+  it answers and counts itself.
 * Any other request is authenticated first (RFC 8489 §9.2.4), then dispatched
   on its method: Allocate (§7.2), Refresh (§8.2), CreatePermission (§10.2),
   ChannelBind (§12.2). Anything else is dropped and counted. Every request
@@ -349,6 +354,7 @@ class TurnServer:
         limits: TurnLimits,
         release_relay: Callable[[Address], None] | None = None,
         software: str = "edge",
+        binding_hook: Callable[[bytes, Address], bool] | None = None,
     ) -> None:
         if not realm or len(realm.encode("utf-8", "replace")) > MAX_REALM:
             raise StunBuildError(f"REALM: {realm!r} must be 1..{MAX_REALM} bytes")
@@ -364,6 +370,10 @@ class TurnServer:
         self._release_relay = release_relay
         self._nonce_secret = now_nonce_secret
         self._binding = BindingServer(software)
+        self.binding_hook = binding_hook
+        """Offered each Binding request from a UDP client, as (bytes, client), before
+        this core answers it; returning True means the hook took it. It may be set
+        after construction, once the sockets it answers from are bound."""
         self._allocations: dict[Address, _Allocation] = {}
         self._by_relay: dict[Address, _Allocation] = {}
         self._per_user: Counter[str] = Counter()
@@ -549,12 +559,20 @@ class TurnServer:
         elif message.cls is not Class.REQUEST:
             self.drops[Drop.IGNORED] += 1
         elif message.method == Method.BINDING:
-            answer, outcome = self._binding.answer(message, client)
-            self._answer(message, SUCCESS if outcome is Outcome.SUCCESS else 420, answer, client)
+            self._binding_request(message, data, client, stream)
         elif message.method in _SERVED:
             self._request(message, data, client, now, stream)
         else:
             self.drops[Drop.IGNORED] += 1
+
+    def _binding_request(
+        self, message: Message, data: bytes, client: Address, stream: bool
+    ) -> None:
+        # Over TCP the answer must go back on the connection, which the hook cannot do.
+        if self.binding_hook is not None and not stream and self.binding_hook(data, client):
+            return
+        answer, outcome = self._binding.answer(message, client)
+        self._answer(message, SUCCESS if outcome is Outcome.SUCCESS else 420, answer, client)
 
     def _request(
         self, message: Message, data: bytes, client: Address, now: float, stream: bool

@@ -63,6 +63,11 @@ class OverlayConfig:
 class SupernodeConfig:
     host: str = "0.0.0.0"
     port: int = 0
+    alternate_host: str = ""
+    """RFC 5780: a second IPv4 address of this host (A2); empty: no NAT behaviour
+    discovery. It needs ``host`` to be the first address itself, not a wildcard."""
+    alternate_port: int = 0
+    """RFC 5780: the second port (P2), bound on both addresses; 0 draws one at start."""
     """0: draw a port at first start and keep it in ``state_dir``."""
     tcp_ports: tuple[int, ...] = DEFAULT_TCP_PORTS
     """Extra TCP ports (80 and 443 pass most firewalls); bound with
@@ -99,6 +104,8 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
         {
             "host",
             "port",
+            "alternate_host",
+            "alternate_port",
             "tcp_ports",
             "state_dir",
             "control_socket",
@@ -111,6 +118,8 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
     config = SupernodeConfig(
         host=table.get_str("host", "0.0.0.0", min_length=1, max_length=64),
         port=table.get_int("port", 0, min=0, max=65535),
+        alternate_host=table.get_str("alternate_host", "", max_length=64),
+        alternate_port=table.get_int("alternate_port", 0, min=0, max=65535),
         tcp_ports=tuple(
             table.get_list_of_int(
                 "tcp_ports", list(DEFAULT_TCP_PORTS), max_items=4, min=1, max=65535
@@ -127,6 +136,7 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
     )
     if config.port and config.port in config.tcp_ports:
         raise table.error("tcp_ports", f"port {config.port} is already the supernode's own port")
+    _check_alternate(config, table)
     if len(set(config.tcp_ports)) != len(config.tcp_ports):
         raise table.error("tcp_ports", "a port is listed twice")
     if config.relay.enabled and config.relay_host in ("0.0.0.0", ""):
@@ -138,6 +148,21 @@ def from_doc(doc: ConfigDoc) -> SupernodeConfig:
             "address", "the overlay needs the public IPv4 address other supernodes reach"
         )
     return config
+
+
+def _check_alternate(config: SupernodeConfig, table: ConfigDoc) -> None:
+    if config.alternate_host and (
+        not _is_ipv4(config.alternate_host)
+        or not _is_ipv4(config.host)
+        or config.host == "0.0.0.0"
+        or config.alternate_host == config.host
+    ):
+        raise table.error(
+            "alternate_host",
+            "RFC 5780 needs host = this host's first IPv4 address and alternate_host = a second",
+        )
+    if config.alternate_port and config.alternate_port == config.port:
+        raise table.error("alternate_port", "must differ from port")
 
 
 def _overlay(table: ConfigDoc) -> OverlayConfig:

@@ -3,7 +3,7 @@
 How it works: one core serves every client transport of the supernode. The
 listening UDP socket and every relayed UDP socket are non-blocking sockets
 watched with ``loop.add_reader``; when one is readable the adapter reads up to
-:data:`BATCH` datagrams, feeds each to the core, then flushes once: what the
+:data:`~edge.runtime.udp.BATCH` datagrams, feeds each to the core, then flushes once: what the
 core wants sent to clients leaves through the client's TCP connection when it
 has one, else from the listening UDP socket; what it relays to peers leaves
 from the allocation's relayed socket. Reading a batch before flushing keeps
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import random
 import socket
@@ -46,15 +45,12 @@ from collections.abc import Callable
 from typing import Final, cast
 
 from edge.errors import RemoteError
+from edge.runtime.udp import read_batch, send
 from edge.sansio import Address, DatagramCore
 from edge.stun.errors import StunError
 from edge.stun.framing import StreamDeframer
 from edge.stun.turn import AllocationCreated, AllocationDeleted, TurnServer
 
-BATCH: Final = 64
-"""Datagrams read from one socket per wakeup before the flush."""
-
-RECV_SIZE: Final = 0x10000
 EDGE_FIRST_BYTE: Final = 0xED
 """The first byte of every edge datagram (the wire format's magic, 0xED9E)."""
 PORT_DRAWS: Final = 32
@@ -196,20 +192,12 @@ class RelayAdapter:
         core, sock, now = self._core(), self._udp, self._clock()
         assert sock is not None
         edge = False
-        for _ in range(BATCH):
-            try:
-                data, source = sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                # ICMP errors surface here on Linux; they concern one peer, not the socket.
-                self._count_os_error(exc)
-                continue
+        for data, source in read_batch(sock, self.counters):
             if data[:1] == b"\xed" and self._edge is not None:
-                self._edge_datagram(self._edge, data, cast(Address, source[:2]))
+                self._edge_datagram(self._edge, data, source)
                 edge = True
             else:
-                core.receive_from_client(data, cast(Address, source[:2]), now)
+                core.receive_from_client(data, source, now)
         self.flush()
         if edge:
             self.flush_edge()
@@ -226,7 +214,7 @@ class RelayAdapter:
             return
         loop = self._running_loop()
         for data, address in core.datagrams_to_send(loop.time()):
-            self._sendto(udp, data, address)
+            send(udp, data, address, self.counters)
         while (event := core.next_event()) is not None:
             self._edge_events(event)
         if self._edge_timer is not None:
@@ -244,15 +232,8 @@ class RelayAdapter:
 
     def _relay_readable(self, relayed: Address, sock: socket.socket) -> None:
         core, now = self._core(), self._clock()
-        for _ in range(BATCH):
-            try:
-                data, peer = sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self._count_os_error(exc)
-                continue
-            core.receive_from_peer(relayed, cast(Address, peer[:2]), data, now)
+        for data, peer in read_batch(sock, self.counters):
+            core.receive_from_peer(relayed, peer, data, now)
         self.flush()
 
     def stream_messages(self, client: Address, messages: list[bytes]) -> None:
@@ -287,11 +268,11 @@ class RelayAdapter:
             if stream is not None:
                 stream.send(data)
             elif udp is not None:
-                self._sendto(udp, data, client)
+                send(udp, data, client, self.counters)
         for relayed, peer, data in core.datagrams_to_peers():
             sock = self._relays.get(relayed)
             if sock is not None:
-                self._sendto(sock, data, peer)
+                send(sock, data, peer, self.counters)
         while (event := core.next_event()) is not None:
             if isinstance(event, AllocationCreated):
                 self.counters["allocations-created"] += 1
@@ -307,16 +288,10 @@ class RelayAdapter:
             # Over TCP the connection and the allocation live and die together (RFC 6062 §2).
             stream.close()
 
-    def _sendto(self, sock: socket.socket, data: bytes, address: Address) -> None:
-        try:
-            sock.sendto(data, address)
-        except OSError as exc:
-            # A full socket buffer drops the datagram, as the network would.
-            self._count_os_error(exc)
-
-    def _count_os_error(self, exc: OSError) -> None:
-        name = errno.errorcode.get(exc.errno or 0, "unknown").lower()
-        self.counters[f"os-error-{name}"] += 1
+    def send_udp(self, data: bytes, address: Address) -> None:
+        """Send from the listening UDP socket (answers another core builds)."""
+        if self._udp is not None:
+            send(self._udp, data, address, self.counters)
 
     def _arm(self) -> None:
         if self._timer is not None:

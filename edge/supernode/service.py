@@ -52,6 +52,7 @@ from edge.runtime.control import ControlServer, JsonObject
 from edge.session.datagram import DatagramEndpoint
 from edge.session.handshake import Identity
 from edge.stun.turn import TurnServer
+from edge.supernode import discovery
 from edge.supernode.admission import Admission, AdmissionLimits
 from edge.supernode.clients import ClientService
 from edge.supernode.config import SupernodeConfig
@@ -107,6 +108,7 @@ class Supernode:
         )
         self.bound: Bound | None = None
         self.clients: ClientService | None = None
+        self.discovery: discovery.DiscoverySockets | None = None
         self._probe: socket.socket | None = None
         """The dial-back probes' own socket: no device session ever used it."""
         self.joined = asyncio.Event()
@@ -117,14 +119,24 @@ class Supernode:
         identity = self._identity() if self.config.overlay.enabled else None
         self.bound = await self._bind()
         try:
+            await self._start_discovery(self.bound.udp)
             if identity is not None:
                 self._start_overlay(identity, self.bound.port)
             await self.control.start()
         except BaseException:
-            await self.relay.close()
-            self._close_probe()
+            await self._close_sockets()
             raise
         return self.bound
+
+    async def _start_discovery(self, main: tuple[str, int]) -> None:
+        """RFC 5780 on A1:P2, A2:P1 and A2:P2 when a second address is configured."""
+        if not self.config.alternate_host:
+            return
+        alternate = (self.config.alternate_host, self.config.alternate_port)
+        self.discovery = await discovery.start(
+            main, alternate, self.relay.send_udp, software=SOFTWARE
+        )
+        self.core.binding_hook = self.discovery.handle_main
 
     async def _bind(self) -> Bound:
         sockets: list[socket.socket] = []
@@ -206,10 +218,13 @@ class Supernode:
         self.relay.stop_listening()
         await self.relay.wait_idle(self.config.shutdown_grace)
         await self.control.stop()
-        await self.relay.close()
-        self._close_probe()
+        await self._close_sockets()
 
-    def _close_probe(self) -> None:
+    async def _close_sockets(self) -> None:
+        if self.discovery is not None:
+            self.discovery.close()
+            self.discovery = None
+        await self.relay.close()
         if self._probe is not None:
             self._probe.close()
             self._probe = None
@@ -232,6 +247,7 @@ class Supernode:
             "uptime_seconds": round(self._clock() - self.started_at, 1),
             "allocations": self.core.allocation_count,
             "tcp_clients": self.relay.tcp_clients,
+            "nat_discovery": _show(self.discovery.addresses.alternate) if self.discovery else None,
             "overlay": self._overlay_status(),
         }
 
@@ -260,6 +276,7 @@ class Supernode:
             "relayed": dict(core.relayed),
             "drops": {drop.value: n for drop, n in core.drops.items()},
             "sockets": dict(self.relay.counters),
+            "discovery": self.discovery.counts() if self.discovery else {},
             "allocations": core.allocation_count,
         }
 
