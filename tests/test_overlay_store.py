@@ -136,3 +136,18 @@ def test_a_full_store_makes_room_by_expiring_first() -> None:
     s.put(ALICE, signed(ALICE, 1, 1, 100), 10.0)
     s.put(BOB, signed(BOB, 1, 1, 1000), 100.0)
     assert [h.key for h in s.held()] == [BOB]
+
+
+def test_revalidate_drops_what_no_longer_validates() -> None:
+    allowed = {b"a", b"b"}
+
+    def validate(key: bytes, record: bytes) -> Verdict | None:
+        return Verdict(slot=record, seq=1, expires=100.0) if record in allowed else None
+
+    store = RecordStore(validate)
+    store.put(1, b"a", 0.0)
+    store.put(2, b"b", 0.0)
+    allowed.discard(b"a")
+    assert store.revalidate(1.0) == 1
+    assert store.get(1, 1.0) == () and store.get(2, 1.0) == (b"b",)
+    assert len(store) == 1

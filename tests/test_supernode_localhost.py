@@ -16,6 +16,7 @@ import uvloop
 
 from edge.crypto.cert import TrustStore, issue
 from edge.crypto.keys import DeviceKeys, IssuerKey
+from edge.crypto.revocation import sign_revocations
 from edge.overlay.presence import PresenceCandidate, make_presence
 from edge.runtime.adapters import DatagramAdapter, open_datagram
 from edge.session.datagram import DatagramEndpoint
@@ -25,7 +26,7 @@ from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig
 from edge.supernode.dialback import verify_attestation
 from edge.supernode.service import Supernode, supernode_keys
 from edge.wire.codes import ErrorCode, MsgType
-from edge.wire.messages import CandidateKind, Transport, decode
+from edge.wire.messages import CandidateKind, Transport, decode, parse_signed_revocation_list
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -327,5 +328,48 @@ def test_a_dial_back_reaches_an_open_port_and_is_attested(tmp_path: Path) -> Non
                 user_id="alice", device_id="d1",
             )  # fmt: skip
             assert attestation.observed == ("127.0.0.1", port)
+
+    run_uv(main())
+
+
+def revocations(issuer: IssuerKey, version: int, serials: list[int]) -> dict[str, Any]:
+    now = int(time.time())
+    raw = sign_revocations(
+        issuer, version=version, issued_at=now, next_update=now + 3600, serials=serials
+    )
+    return dict(parse_signed_revocation_list(raw))
+
+
+def test_a_revocation_spreads_between_supernodes_and_drops_the_records_it_revokes(
+    tmp_path: Path,
+) -> None:
+    issuer = IssuerKey.generate()
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            first = await supernode(stack, tmp_path, issuer, 1, ())
+            assert first.bound is not None
+            second = await supernode(stack, tmp_path, issuer, 2, (first.bound.udp,))
+            alice = await stack.enter_async_context(device(issuer, "alice", 1))
+            bob = await stack.enter_async_context(device(issuer, "bob", 2))
+            await alice.publish(first)
+            await bob.publish(second)
+            assert first.clients is not None and second.clients is not None
+            held = [len(n.clients.overlay.node.store) for n in (first, second) if n.clients]
+            assert held == [2, 2]
+            # Bob's device passes on the login server's list that revokes alice (serial 1).
+            bob.send(MsgType.REVOCATION_LIST, revocations(issuer, 2, [1]))
+            missing = await bob.ask(MsgType.PRESENCE_LOOKUP, {"request_id": 3, "user_id": "alice"})
+            assert missing.code is ErrorCode.NOT_FOUND
+            assert second.clients.counts["records-revoked"] == 1
+            # The second supernode passed it to the first, which dropped alice too.
+            found = await alice.ask(MsgType.PRESENCE_LOOKUP, {"request_id": 4, "user_id": "bob"})
+            assert found.code is ErrorCode.OK
+            assert first.clients.counts["revocations-applied"] == 1
+            assert len(first.clients.overlay.node.store) == 1
+            # A stale list is answered with the newer one.
+            bob.send(MsgType.REVOCATION_LIST, revocations(issuer, 1, []))
+            newer = await bob.receive(MsgType.REVOCATION_LIST)
+            assert newer.revocations.version == 2
 
     run_uv(main())

@@ -119,6 +119,21 @@ class RecordStore:
         """When the earliest held record expires, or None."""
         return self._expiries[0][0] if self._expiries else None
 
+    def revalidate(self, now: float) -> int:
+        """Validate every held record again and forget those that fail now; how many.
+
+        For when what the validator trusts has changed: a newer revocation list
+        makes the records of a revoked certificate invalid before they expire.
+        """
+        failed = [
+            (h.key, h.verdict.slot)
+            for h in self.held()
+            if (v := self._validate(id_to_bytes(h.key), h.record)) is None or v.expires <= now
+        ]
+        for key, slot in failed:
+            self._remove(key, slot)
+        return len(failed)
+
     def expire(self, now: float) -> int:
         """Forget every record whose expiry has passed; returns how many."""
         dropped = 0

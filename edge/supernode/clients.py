@@ -18,6 +18,9 @@ the overlay; their messages arrive as the overlay's pass-through events, and
   table are pinged; their PONGs carry their load and give the round-trip
   time, which feed the admission's table. The same round detaches devices
   gone silent.
+* REVOCATION_LIST, from a device or another supernode: the login server's
+  signed list, applied when newer (records of revoked certificates are
+  dropped at once, not at their expiry) and passed on by gossip.
 * DIALBACK_REQUEST and DIALBACK_CONFIRM go to the
   :class:`~edge.supernode.dialback.DialbackService`; its probes come up as
   :class:`~edge.supernode.dialback.SendProbe` events for the adapter to send
@@ -68,6 +71,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from edge.crypto.cert import TrustStore
+from edge.crypto.revocation import RevocationCache, verify_revocations
 from edge.errors import RemoteError
 from edge.overlay.errors import OverlayError, PresenceRefused
 from edge.overlay.ids import id_to_bytes, key_for_user
@@ -79,6 +83,7 @@ from edge.supernode.attach import Attachments
 from edge.supernode.dialback import DialbackService, Requester, SendProbe
 from edge.supernode.overlay import Found, OverlayService, PeerHeard, Published
 from edge.wire.codes import ErrorCode, MsgType
+from edge.wire.messages import build_signed_revocation_list, parse_signed_revocation_list
 
 MAX_RECORDS = 8
 """Records in one PRESENCE_RESULT: a user's devices online at once."""
@@ -130,6 +135,9 @@ class ClientService:
         overlay.report_load = lambda: min(100, round(100 * self.admission.load))
         self._verify = verify
         self.dialback = dialback
+        self.revocations = RevocationCache(trust)
+        self._latest_list: dict[bytes, bytes] = {}
+        """The newest signed revocation list applied, per issuer, to pass on."""
         self._waiting: dict[int, _Asker] = {}
         self._forwards: dict[int, dict[str, Any]] = {}
         self._gossip_at: float | None = None
@@ -272,6 +280,46 @@ class ClientService:
         self.counts["found" if records else "not-found"] += 1
         code = ErrorCode.OK if records else ErrorCode.NOT_FOUND
         self._result(asker.index, asker.request_id, code, records=records)
+
+    # -- revocation lists, spread by gossip
+
+    def _on_revocations(self, event: MessageReceived, now: float) -> None:
+        """A signed list from anyone: apply it if newer, drop what it revokes, pass it on.
+
+        Devices pass on what they fetched from the login server; supernodes pass
+        a newer list to a few peers, and answer a stale one with the newer they
+        hold, so a revocation reaches every holder in a few rounds.
+        """
+        raw = build_signed_revocation_list(event.message.body)
+        try:
+            verified = verify_revocations(raw, self.trust, now + self.overlay.wall_offset)
+        except RemoteError as exc:
+            self.counts[f"revocations-refused-{exc.code.name.lower()}"] += 1
+            return
+        if self.revocations.apply(verified):
+            self.counts["revocations-applied"] += 1
+            self._latest_list[verified.issuer_key_id] = verified.raw
+            dropped = self.overlay.node.store.revalidate(now + self.overlay.wall_offset)
+            self.counts["records-revoked"] += dropped
+            self._spread(verified.raw, now)
+            return
+        newer = self._latest_list.get(verified.issuer_key_id)
+        known = self.revocations.known_version(verified.issuer_key_id)
+        if newer is not None and verified.version < known:
+            self._send_list(event.index, newer)
+
+    def _spread(self, raw: bytes, now: float) -> None:
+        contacts = self.overlay.node.table.contacts()
+        for contact in self._rng.sample(contacts, min(GOSSIP_FANOUT, len(contacts))):
+            self.overlay.send_to_contact(
+                contact, MsgType.REVOCATION_LIST, parse_signed_revocation_list(raw), now
+            )
+
+    def _send_list(self, index: int, raw: bytes) -> None:
+        if self.overlay.endpoint.is_established(index):
+            body = parse_signed_revocation_list(raw)
+            self.overlay.endpoint.send(index, MsgType.REVOCATION_LIST, body)
+            self.counts["revocations-answered"] += 1
 
     # -- dial-back tests for devices that would be supernodes
 
@@ -426,6 +474,7 @@ class ClientService:
         MsgType.SIGNAL_RELAYED: _relayed,
         MsgType.ATTACH: _on_attach,
         MsgType.HOSTCACHE_REQUEST: _on_hostcache,
+        MsgType.REVOCATION_LIST: _on_revocations,
         MsgType.DIALBACK_REQUEST: _on_dialback,
         MsgType.DIALBACK_CONFIRM: _on_dialback,
     }

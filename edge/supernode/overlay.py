@@ -254,6 +254,12 @@ class OverlayService:
         """Ask ``contact`` whether it is alive (and how full); :class:`PeerHeard` follows."""
         self._request(contact, Ping(), 0, now + self.wall_offset)
 
+    def send_to_contact(
+        self, contact: Contact, msg_type: MsgType, body: dict[str, Any], now: float
+    ) -> None:
+        """Send one message to an overlay contact, opening a session if none is up."""
+        self._send(contact, msg_type, body, now)
+
     def send_to_node(
         self,
         address: Address,
