@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -26,6 +27,10 @@ from edge.login.relay import relay_credentials
 from edge.runtime.config import loads
 from edge.runtime.control import ControlUnreachable, request
 from edge.runtime.errors import ConfigFileError
+from edge.stun import codec as stun_codec
+from edge.stun.attributes import AttrType
+from edge.stun.codec import Class, Message, Method, build
+from edge.stun.framing import StreamDeframer
 from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig, from_doc
 from edge.supernode.errors import SupernodeIdentityError
 from edge.supernode.service import Supernode
@@ -446,3 +451,27 @@ def test_nat_discovery_needs_two_concrete_addresses(text: str) -> None:
     with pytest.raises(ConfigFileError) as caught:
         parse(text)
     assert caught.value.key == "supernode.alternate_host"
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_stun_binding_over_tcp_on_each_port(tmp_path: Path, which: int) -> None:
+    config = config_for(tmp_path)
+
+    async def main() -> None:
+        async with running(config) as node:
+            assert node.bound is not None
+            reader, writer = await asyncio.open_connection(*node.bound.tcp[which])
+            request = Message(Method.BINDING, Class.REQUEST, os.urandom(12))
+            writer.write(build(request))
+            deframer = StreamDeframer()
+            messages: list[bytes] = []
+            while not messages:
+                messages = deframer.feed(await asyncio.wait_for(reader.read(4096), TIMEOUT))
+            answer = stun_codec.parse(messages[0])
+            assert answer.cls is Class.SUCCESS
+            assert answer.transaction_id == request.transaction_id
+            local = writer.get_extra_info("sockname")[:2]
+            assert answer.get(AttrType.XOR_MAPPED_ADDRESS) == local
+            writer.close()
+
+    run_uv(main())
