@@ -18,10 +18,11 @@ from edge.crypto.cert import TrustStore, issue
 from edge.crypto.keys import DeviceKeys, IssuerKey
 from edge.crypto.revocation import sign_revocations
 from edge.overlay.presence import PresenceCandidate, make_presence
-from edge.runtime.adapters import DatagramAdapter, open_datagram
+from edge.runtime.adapters import DatagramAdapter, StreamAdapter, open_datagram, open_stream_client
 from edge.session.datagram import DatagramEndpoint
 from edge.session.events import MessageReceived, SessionEstablished
 from edge.session.handshake import Identity
+from edge.session.stream import StreamSession
 from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig
 from edge.supernode.dialback import verify_attestation
 from edge.supernode.service import Supernode, supernode_keys
@@ -144,10 +145,11 @@ async def device(issuer: IssuerKey, user: str, serial: int) -> AsyncIterator[Dev
         await adapter.wait_closed()
 
 
-def record_of(dev: Device, node: Supernode, seq: int = 1) -> bytes:
+def record_of(dev: Device | TcpDevice, node: Supernode, seq: int = 1) -> bytes:
     assert node.bound is not None and node.clients is not None
+    transport = Transport.UDP if isinstance(dev, Device) else Transport.TCP
     candidate = PresenceCandidate(
-        CandidateKind.HOST, Transport.UDP, dev.adapter.local_address, 2130706431
+        CandidateKind.HOST, transport, dev.adapter.local_address, 2130706431
     )
     return make_presence(
         dev.keys, dev.certificate, supernode=node.bound.udp,
@@ -371,5 +373,76 @@ def test_a_revocation_spreads_between_supernodes_and_drops_the_records_it_revoke
             bob.send(MsgType.REVOCATION_LIST, revocations(issuer, 1, []))
             newer = await bob.receive(MsgType.REVOCATION_LIST)
             assert newer.revocations.version == 2
+
+    run_uv(main())
+
+
+@dataclass
+class TcpDevice:
+    """A device that only gets TCP out: its session to the supernode is a stream."""
+
+    keys: DeviceKeys
+    certificate: bytes
+    session: StreamSession
+    adapter: StreamAdapter
+    events: asyncio.Queue[object]
+
+    def send(self, msg_type: MsgType, body: dict[str, Any]) -> None:
+        self.session.send(msg_type, body)
+        self.adapter.poke()
+
+    async def receive(self, msg_type: MsgType) -> Any:
+        while True:
+            event = await asyncio.wait_for(self.events.get(), TIMEOUT)
+            if isinstance(event, MessageReceived) and event.message.type is msg_type:
+                return event.message.body
+
+
+async def tcp_device(issuer: IssuerKey, user: str, serial: int, address: Any) -> TcpDevice:
+    keys = DeviceKeys.generate()
+    loop = asyncio.get_running_loop()
+    certificate = certify(issuer, keys, user, serial)
+    session = StreamSession(
+        Identity(keys, certificate), TrustStore([issuer.public]),
+        initiator=True, wall_offset=time.time() - loop.time(),
+    )  # fmt: skip
+    events: asyncio.Queue[object] = asyncio.Queue()
+    adapter = await open_stream_client(session, address[0], address[1], events.put_nowait)
+    device = TcpDevice(keys, certificate, session, adapter, events)
+    while not isinstance(await asyncio.wait_for(events.get(), TIMEOUT), SessionEstablished):
+        pass
+    return device
+
+
+def test_a_device_on_tcp_only_attaches_and_gets_signalling_from_one_on_udp(
+    tmp_path: Path,
+) -> None:
+    issuer = IssuerKey.generate()
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            first = await supernode(stack, tmp_path, issuer, 1, ())
+            assert first.bound is not None
+            second = await supernode(stack, tmp_path, issuer, 2, (first.bound.udp,))
+            assert second.bound is not None
+            carol = await tcp_device(issuer, "carol", 3, second.bound.tcp[0])
+            stack.callback(carol.adapter.close)
+            carol.send(MsgType.ATTACH, {"request_id": 1, "redirects": 0})
+            assert (await carol.receive(MsgType.ATTACH_RESULT)).code is ErrorCode.OK
+            record = record_of(carol, second)
+            carol.send(MsgType.PRESENCE_PUBLISH, {"request_id": 5, "record": record})
+            assert (await carol.receive(MsgType.PRESENCE_RESULT)).code is ErrorCode.OK
+            alice = await stack.enter_async_context(device(issuer, "alice", 1))
+            await alice.publish(first)
+            # Carol (TCP, second supernode) finds alice (UDP, first) and signals her.
+            carol.send(MsgType.PRESENCE_LOOKUP, {"request_id": 2, "user_id": "alice"})
+            found = await carol.receive(MsgType.PRESENCE_RESULT)
+            assert found.code is ErrorCode.OK and len(found.records) == 1
+            alice.send(
+                MsgType.SIGNAL_FORWARD, {"to_user": "carol", "to_device": "", "payload": b"tcp?"}
+            )
+            got = await carol.receive(MsgType.SIGNAL_RELAYED)
+            assert (got.from_user, bytes(got.payload)) == ("alice", b"tcp?")
+            assert second.relay.counters["edge-tcp-connections"] == 1
 
     run_uv(main())

@@ -4,7 +4,9 @@ presence, rendezvous.
 How it works: :class:`ClientService` sits above the supernode's
 :class:`~edge.supernode.overlay.OverlayService` and drives it as a sans-IO
 core. Devices reach the supernode in Noise sessions on the same UDP port as
-the overlay; their messages arrive as the overlay's pass-through events, and
+the overlay, or over TCP where UDP does not get through; UDP messages arrive as
+the overlay's pass-through events, TCP ones through :meth:`ClientService.stream_event`,
+both answered through one :class:`~edge.supernode.sessions.SessionTable`, and
 :data:`ClientService._HANDLERS` says who answers each type.
 
 * ATTACH: :class:`~edge.supernode.admission.Admission` decides — attached,
@@ -82,6 +84,7 @@ from edge.supernode.admission import Admission, Admitted
 from edge.supernode.attach import Attachments
 from edge.supernode.dialback import DialbackService, Requester, SendProbe
 from edge.supernode.overlay import Found, OverlayService, PeerHeard, Published
+from edge.supernode.sessions import SessionTable
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import build_signed_revocation_list, parse_signed_revocation_list
 
@@ -127,6 +130,7 @@ class ClientService:
         verify: Callable[[bytes, bytes, TrustStore, float], Any] = verify_presence,
     ) -> None:
         self.overlay = overlay
+        self.sessions = SessionTable(overlay.endpoint)
         self.trust = trust
         self.limits = limits or ClientLimits()
         self._rng = rng or random.SystemRandom()
@@ -157,9 +161,9 @@ class ClientService:
         alternatives = self.attached.best_alternatives(now)
         told = 0
         for index in self.attached.sessions():
-            if self.overlay.endpoint.is_established(index):
+            if self.sessions.is_established(index):
                 body = {"code": code, "alternatives": alternatives}
-                self.overlay.endpoint.send(index, MsgType.DETACH, body)
+                self.sessions.send(index, MsgType.DETACH, body)
                 told += 1
             self.attached.detach_session(index)
         self.counts["detached"] += told
@@ -200,6 +204,24 @@ class ClientService:
 
     def next_event(self) -> object | None:
         return self._events.popleft() if self._events else None
+
+    def stream_event(self, index: int, event: object, now: float) -> None:
+        """An event of the TCP session numbered ``index`` (its own events say index 0)."""
+        if isinstance(event, MessageReceived):
+            handler = self._HANDLERS.get(event.message.type)
+            if handler is None:
+                self.counts["stream-unhandled"] += 1
+                return
+            self.attached.touch(index, now)
+            handler(self, MessageReceived(index, event.message), now)
+            self._pump(now)
+        elif isinstance(event, SessionFailed):
+            self.attached.detach_session(index)
+            self.sessions.remove_stream(index)
+
+    def _address_of(self, index: int) -> Address | None:
+        contact = self.overlay.contact_of(index)
+        return self.sessions.address(index, contact.address if contact is not None else None)
 
     # -- events
 
@@ -245,7 +267,7 @@ class ClientService:
         self._start(event.index, body.request_id, lambda: self.overlay.publish(key, record, now))
 
     def _verify_for_session(self, index: int, record: bytes, now: float) -> Any:
-        user = self.overlay.endpoint.peer(index).user_id
+        user = self.sessions.peer(index).user_id
         wall = now + self.overlay.wall_offset
         verified = self._verify(id_to_bytes(key_for_user(user)), record, self.trust, wall)
         return verified
@@ -316,9 +338,9 @@ class ClientService:
             )
 
     def _send_list(self, index: int, raw: bytes) -> None:
-        if self.overlay.endpoint.is_established(index):
+        if self.sessions.is_established(index):
             body = parse_signed_revocation_list(raw)
-            self.overlay.endpoint.send(index, MsgType.REVOCATION_LIST, body)
+            self.sessions.send(index, MsgType.REVOCATION_LIST, body)
             self.counts["revocations-answered"] += 1
 
     # -- dial-back tests for devices that would be supernodes
@@ -327,11 +349,11 @@ class ClientService:
         if self.dialback is None:
             self.counts["dialback-off"] += 1
             return
-        peer = self.overlay.endpoint.peer(event.index)
-        contact = self.overlay.contact_of(event.index)
-        if contact is None:
+        peer = self.sessions.peer(event.index)
+        address = self._address_of(event.index)
+        if address is None:
             return
-        who = Requester(event.index, peer.user_id, peer.device_id, contact.address)
+        who = Requester(event.index, peer.user_id, peer.device_id, address)
         self.dialback.receive(who, event.message, now)
         self._dialback_actions()
 
@@ -341,8 +363,8 @@ class ClientService:
             if isinstance(action, SendProbe):
                 # Leaves from a socket the device's session never used: the adapter's job.
                 self._events.append(action)
-            elif self.overlay.endpoint.is_established(action.index):
-                self.overlay.endpoint.send(action.index, MsgType.DIALBACK_RESULT, action.body())
+            elif self.sessions.is_established(action.index):
+                self.sessions.send(action.index, MsgType.DIALBACK_RESULT, action.body())
 
     # -- rendezvous: signalling between clients, through one or two supernodes
 
@@ -357,7 +379,7 @@ class ClientService:
 
     def _on_attach(self, event: MessageReceived, now: float) -> None:
         body = event.message.body
-        peer = self.overlay.endpoint.peer(event.index)
+        peer = self.sessions.peer(event.index)
         outcome = self.attached.attach(
             event.index, (peer.user_id, peer.device_id), now, redirects=body.redirects
         )
@@ -370,7 +392,7 @@ class ClientService:
             self.counts["redirected"] += 1
             alternatives = self.attached.alternatives(outcome.alternatives)
             answer |= {"code": ErrorCode.BUSY, "alternatives": alternatives}
-        self.overlay.endpoint.send(event.index, MsgType.ATTACH_RESULT, answer)
+        self.sessions.send(event.index, MsgType.ATTACH_RESULT, answer)
 
     def _on_hostcache(self, event: MessageReceived, now: float) -> None:
         body = event.message.body
@@ -381,7 +403,7 @@ class ClientService:
             "offset": body.offset,
             "entries": entries,
         }
-        self.overlay.endpoint.send(event.index, MsgType.HOSTCACHE, answer)
+        self.sessions.send(event.index, MsgType.HOSTCACHE, answer)
 
     def _peer_heard(self, event: PeerHeard, now: float) -> None:
         try:
@@ -395,14 +417,14 @@ class ClientService:
         """A client's signalling for another user: stamp who sent it, and route it."""
         self.counts["forward"] += 1
         body = event.message.body
-        peer = self.overlay.endpoint.peer(event.index)
-        contact = self.overlay.contact_of(event.index)
+        peer = self.sessions.peer(event.index)
+        address = self._address_of(event.index)
         relayed = {
             "to_user": body.to_user,
             "to_device": body.to_device,
             "from_user": peer.user_id,
             "from_device": peer.device_id,
-            "from_address": contact.address if contact is not None else ("0.0.0.0", 0),
+            "from_address": address or ("0.0.0.0", 0),
             "payload": bytes(body.payload),
         }
         if self._deliver(relayed):
@@ -429,8 +451,8 @@ class ClientService:
         """Send to the addressed devices attached here; False when none is."""
         targets = self.attached.sessions_of(relayed["to_user"], relayed["to_device"])
         for index in targets:
-            if self.overlay.endpoint.is_established(index):
-                self.overlay.endpoint.send(index, MsgType.SIGNAL_RELAYED, relayed)
+            if self.sessions.is_established(index):
+                self.sessions.send(index, MsgType.SIGNAL_RELAYED, relayed)
                 self.counts["delivered"] += 1
         return bool(targets)
 
@@ -461,11 +483,11 @@ class ClientService:
         stored: int = 0,
         records: tuple[bytes, ...] = (),
     ) -> None:
-        if not self.overlay.endpoint.is_established(index):
+        if not self.sessions.is_established(index):
             self.counts["asker-gone"] += 1
             return
         body = {"request_id": request_id, "code": code, "stored": stored, "records": list(records)}
-        self.overlay.endpoint.send(index, MsgType.PRESENCE_RESULT, body)
+        self.sessions.send(index, MsgType.PRESENCE_RESULT, body)
 
     _HANDLERS: ClassVar[dict[MsgType, _Handler]] = {
         MsgType.PRESENCE_PUBLISH: _publish,

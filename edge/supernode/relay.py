@@ -11,7 +11,11 @@ the number of system calls per relayed packet near two, which is what decides
 a relay's packets per second in Python.
 
 TCP clients (at the supernode's port, and 80 and 443 where firewalls leave
-nothing else open) reach the same core: each connection's bytes are cut into
+nothing else open) reach the same core, unless the connection opens with an
+edge session's first frame (a 2-byte length, then the wire format's magic):
+such a connection is handed whole to
+:attr:`RelayAdapter.edge_streams` (a device's secure session over TCP).
+Otherwise each connection's bytes are cut into
 whole STUN and ChannelData messages by a
 :class:`~edge.stun.framing.StreamDeframer`; garbage closes the connection, and
 a closed connection deletes its allocation at once (RFC 8656 §7). At most
@@ -42,7 +46,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from edge.errors import RemoteError
 from edge.runtime.udp import read_batch, send
@@ -51,8 +55,11 @@ from edge.stun.errors import StunError
 from edge.stun.framing import StreamDeframer
 from edge.stun.turn import AllocationCreated, AllocationDeleted, TurnServer
 
-EDGE_FIRST_BYTE: Final = 0xED
-"""The first byte of every edge datagram (the wire format's magic, 0xED9E)."""
+EDGE_STREAM_MAGIC: Final = b"\xed\x9e"
+"""An edge session over TCP starts with a 2-byte frame length, then the wire
+format's magic; STUN has its message type and length there, and its own magic
+cookie after them, so the two cannot be confused."""
+EDGE_SNIFF: Final = 4
 PORT_DRAWS: Final = 32
 """Random ports tried per allocation before the relay says it is out of ports (508)."""
 
@@ -68,6 +75,17 @@ MAX_TCP_BUFFER: Final = 256 * 1024
 _log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+
+class StreamHandler(Protocol):
+    """Who takes over a TCP connection that carries an edge session."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+
+StreamFactory = Callable[[asyncio.Transport, Address], StreamHandler]
 
 
 class RelayAdapter:
@@ -100,6 +118,9 @@ class RelayAdapter:
         self._edge: DatagramCore | None = None
         self._edge_events: Callable[[object], None] = lambda event: None
         self._edge_timer: asyncio.TimerHandle | None = None
+        self.edge_streams: StreamFactory | None = None
+        """Makes the handler of a TCP connection whose first byte is 0xED (an edge
+        session); None: such a connection is garbage to TURN and closed."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.counters: Counter[str] = Counter()
@@ -341,6 +362,9 @@ class _TurnStream(asyncio.Protocol):
         self.peer: Address = ("", 0)
         self.open = False
         self._idle: asyncio.TimerHandle | None = None
+        self._head: bytes | None = b""
+        self.edge: StreamHandler | None = None
+        """Set when the connection turned out to carry an edge session, not TURN."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -358,8 +382,20 @@ class _TurnStream(asyncio.Protocol):
         self._idle = loop.call_later(self.relay.idle_timeout, self.relay.stream_idle, self)
 
     def data_received(self, data: bytes) -> None:
+        if self.edge is not None:
+            self.edge.data_received(data)
+            return
         if not self.open or self.transport.is_closing():
             return
+        if self._head is not None:
+            # Until 4 bytes have come, the connection may still be an edge session.
+            data = self._head + data
+            if len(data) < EDGE_SNIFF:
+                self._head = data
+                return
+            self._head = None
+            if data[2:EDGE_SNIFF] == EDGE_STREAM_MAGIC and self._hand_over(data):
+                return
         try:
             messages = self.deframer.feed(data)
         except StunError as exc:
@@ -382,7 +418,24 @@ class _TurnStream(asyncio.Protocol):
         # connection_lost follows from the loop, after the flush that may be running now.
         self.transport.abort()
 
+    def _hand_over(self, data: bytes) -> bool:
+        """The first byte is the edge wire format's: an edge session, if the supernode
+        takes them over TCP. The relay forgets the connection; the handler owns it."""
+        factory = self.relay.edge_streams
+        if factory is None:
+            return False
+        if self._idle is not None:
+            self._idle.cancel()
+        self.relay.stream_gone(self.peer)
+        self.open = False
+        self.edge = factory(self.transport, self.peer)
+        self.edge.data_received(data)
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.edge is not None:
+            self.edge.connection_lost()
+            return
         if self._idle is not None:
             self._idle.cancel()
         if self.open:

@@ -10,9 +10,10 @@ Without a relay secret the core still answers Binding, and an Allocate gets
 401 since no credentials can verify: the supernode relays for nobody.
 
 With ``[overlay]`` configured the same UDP port also carries the supernode's
-Noise sessions (:class:`~edge.supernode.relay.RelayAdapter` sorts datagrams by
-their first byte): the DHT with other supernodes, joined through the
-bootstrap list at start, and presence for clients
+Noise sessions (:class:`~edge.supernode.relay.RelayAdapter` sorts datagrams
+by their first byte), and its TCP ports the sessions of devices that only get
+TCP out (:class:`~edge.supernode.streams.EdgeStream`): the DHT with other
+supernodes, joined through the bootstrap list at start, and what devices ask
 (:class:`~edge.supernode.clients.ClientService`). Its keys are made at first
 start in the state folder (``supernode.key``); its certificate comes from the
 login server's issuer (``edge keys certify --device <state_dir>/supernode.key``).
@@ -35,7 +36,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from edge.overlay.presence import presence_validator
 from edge.runtime import notify
 from edge.runtime.control import ControlServer, JsonObject
 from edge.session.datagram import DatagramEndpoint
-from edge.session.handshake import Identity
+from edge.session.handshake import Identity, ReplayGuard
 from edge.stun.turn import TurnServer
 from edge.supernode import discovery
 from edge.supernode.admission import Admission, AdmissionLimits
@@ -60,6 +61,7 @@ from edge.supernode.dialback import DialbackService, SendProbe
 from edge.supernode.errors import SupernodeBindError, SupernodeIdentityError
 from edge.supernode.overlay import Joined, OverlayService
 from edge.supernode.relay import RelayAdapter
+from edge.supernode.streams import EdgeStream
 from edge.wire.codes import ErrorCode
 from edge.wire.errors import WireError
 from edge.wire.messages import parse_certificate
@@ -195,8 +197,23 @@ class Supernode:
         self.clients = ClientService(overlay, trust, admission=admission, dialback=dialback)
         self._probe = _probe_socket(config.host)
         self.relay.attach(self.clients, self._on_edge_event)
+        self.relay.edge_streams = self._edge_stream_factory(identity, trust)
         self.clients.join(config.overlay.bootstrap, loop.time())
         self.relay.flush_edge()
+
+    def _edge_stream_factory(
+        self, identity: Identity, trust: TrustStore
+    ) -> Callable[[asyncio.Transport, tuple[str, int]], EdgeStream]:
+        clients, relay, guard = self.clients, self.relay, ReplayGuard()
+        assert clients is not None
+
+        def make(transport: asyncio.Transport, peer: tuple[str, int]) -> EdgeStream:
+            return EdgeStream(
+                transport, peer, clients, identity, trust,
+                replay_guard=guard, counters=relay.counters, after=relay.flush_edge,
+            )  # fmt: skip
+
+        return make
 
     def _on_edge_event(self, event: object) -> None:
         if isinstance(event, SendProbe) and self._probe is not None:
