@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from edge import ctl, demo, keytool
+    from edge.client import cli as agent_cli
     from edge.login import cli as login_cli
     from edge.supernode import cli as supernode_cli
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     keytool.add_parser(commands)
     login_cli.add_parser(commands)
     supernode_cli.add_parser(commands)
+    agent_cli.add_parser(commands)
     ctl.add_parser(commands)
     return parser
 

@@ -9,6 +9,7 @@ configuration file's folder.
 [account]
 user_id = "alice"
 device_id = "desk-1"
+password_file = ""             # read once, to enrol, while the device has no certificate
 
 [login]
 address = "login.example.net:443"
@@ -26,6 +27,7 @@ password = ""
 [state]
 dir = "/var/lib/edge/agent"    # keys, certificate, host cache, buddy cache
 port = 0                       # 0: pick a random port at first start, then keep it
+control_socket = "/run/edge/agent.sock"   # where `edge ctl` finds this agent
 
 [audio]
 capture = "default"
@@ -75,6 +77,8 @@ class AgentConfig:
     turn: tuple[TurnServer, ...] = ()
     state_dir: Path = Path("/var/lib/edge/agent")
     port: int = 0
+    control_socket: Path = Path("/run/edge/agent.sock")
+    password_file: Path | None = None
     capture: str = "default"
     playback: str = "default"
     rate: int = 16000
@@ -91,9 +95,9 @@ def read(path: Path) -> AgentConfig:
 
 def from_doc(doc: ConfigDoc) -> AgentConfig:
     doc.check_unknown(SECTIONS)
-    account = _section(doc, "account", {"user_id", "device_id"})
+    account = _section(doc, "account", {"user_id", "device_id", "password_file"})
     login = _section(doc, "login", {"address", "server_key", "issuer_key"})
-    state = _section(doc, "state", {"dir", "port"})
+    state = _section(doc, "state", {"dir", "port", "control_socket"})
     audio = _section(doc, "audio", {"capture", "playback", "rate", "echo_cancel"})
     policy = _section(doc, "policy", {"auto_answer", "supernode"})
     return AgentConfig(
@@ -106,6 +110,8 @@ def from_doc(doc: ConfigDoc) -> AgentConfig:
         turn=_turn(doc),
         state_dir=state.get_path("dir", Path("/var/lib/edge/agent")),
         port=state.get_int("port", 0, min=0, max=65535),
+        control_socket=state.get_path("control_socket", Path("/run/edge/agent.sock")),
+        password_file=account.get_path("password_file", None),
         capture=audio.get_str("capture", "default", min_length=1, max_length=255),
         playback=audio.get_str("playback", "default", min_length=1, max_length=255),
         rate=_rate(audio),

@@ -33,3 +33,46 @@ class NoDevices(RemoteError):
 class PromotionMisuse(LocalError):
     """The promotion or dial-back core was used wrongly: a measurement that is not a
     finite number >= 0, limits that contradict each other, a message it does not take."""
+
+
+class UplinkFailed(RemoteError):
+    """No supernode could be reached or would take this device; the text says which and why."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class MessagingMisuse(LocalError):
+    """The messaging core was used wrongly: empty or oversized text, a bad user id,
+    a ``now`` that is not a finite number, a message type it does not take."""
+
+
+class OutboxFull(MessagingMisuse):
+    """Too many messages wait for a receipt; send again once some are delivered."""
+
+    code = ErrorCode.BUSY
+
+
+class MessageRefused(RemoteError):
+    """A peer's INSTANT_MESSAGE or MESSAGE_RECEIPT broke the rules; it was dropped
+    (and counted), nothing else changed."""
+
+    code = ErrorCode.MALFORMED
+
+
+class FileMisuse(LocalError):
+    """A file-transfer core was used wrongly: inconsistent arguments, a message
+    type it does not take, a resumed transfer without a way to read the part back."""
+
+
+class FileRefused(RemoteError):
+    """A FILE_OFFER cannot be accepted: a name with a directory in it, a size over
+    the cap, or an offer that differs from the saved transfer with the same id."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class FileProtocolError(RemoteError):
+    """A FILE_CHUNK or FILE_ACK broke the rules (outside the window, beyond the
+    size, another file's id); it was dropped and counted, the transfer goes on."""
+
+    code = ErrorCode.MALFORMED

@@ -1,0 +1,394 @@
+"""``edge agent``: the device daemon — logged in, attached to a supernode, present.
+
+How it starts:
+
+1. Its keys (``device.key``, made at first start) and certificate
+   (``device.cert``): it logs in to the login server it pins, enrolling with
+   the password from ``[account] password_file`` when it holds no
+   certificate yet, else renewing with its device key alone. The issuer's
+   signed revocation list comes on the same session.
+2. Its port P, as the seed's client chose it (:mod:`edge.client.ports`): UDP
+   for its sessions and STUN tests (:class:`~edge.client.port.PortCore`), TCP
+   reserved for direct TCP calls.
+3. Its supernode: the ladder races the best supernodes of its host cache
+   (bootstrap list first time) over UDP, TCP, TCP 80 and TCP 443
+   (:mod:`edge.client.uplink`), attaches (following redirects), and hands the
+   supernode the revocation list. The host cache is saved atomically.
+4. Its presence: a record signed with its certified key, naming its
+   supernode and its candidates, published at the supernode and signed again
+   every :data:`~edge.overlay.presence.REFRESH_EVERY` seconds. Over UDP the
+   connectivity self-test (RFC 5780) runs from port P against the supernode
+   and adds the server-reflexive candidate it finds.
+
+When the supernode goes (DETACH, or the session ends) the agent goes back to
+step 3 after a pause that doubles up to a minute, with jitter, preferring
+the alternatives it was handed. ``edge ctl status`` shows all of it.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.client import hostcache
+from edge.client.config import AgentConfig
+from edge.client.errors import UplinkFailed
+from edge.client.login import Credentials, login
+from edge.client.port import PortCore
+from edge.client.ports import PortChoice, bind_both, choose
+from edge.client.uplink import Ladder, Link, attach, connect
+from edge.crypto.cert import TrustStore
+from edge.crypto.keys import DeviceKeys
+from edge.crypto.revocation import RevocationCache, verify_revocations
+from edge.errors import EdgeError
+from edge.overlay.presence import REFRESH_EVERY, PresenceCandidate, make_presence, next_sequence
+from edge.runtime.adapters import DatagramAdapter
+from edge.runtime.config import write_atomic
+from edge.runtime.control import ControlServer, JsonObject
+from edge.sansio import Address
+from edge.session.datagram import DatagramEndpoint
+from edge.session.handshake import Identity
+from edge.stun.events import NatReport
+from edge.stun.nat import ConnectivityTest
+from edge.wire.codes import ErrorCode, MsgType
+from edge.wire.messages import (
+    CandidateKind,
+    Message,
+    Transport,
+    build_signed_revocation_list,
+    parse_certificate,
+    parse_signed_revocation_list,
+)
+
+_log = logging.getLogger(__name__)
+
+KEY_FILE = "device.key"
+CERT_FILE = "device.cert"
+HOSTCACHE_FILE = "hostcache.json"
+MAX_CERTIFICATE_FILE = 4096
+RECONNECT_FIRST = 1.0
+RECONNECT_MAX = 60.0
+HOST_PRIORITY = (126 << 24) | (65535 << 8) | 255
+SRFLX_PRIORITY = (100 << 24) | (65535 << 8) | 255
+
+
+@dataclass
+class Presence:
+    seq: int = 0
+    published_at: float = 0.0
+    stored: int = 0
+    code: str = ""
+
+
+class Agent:
+    """One device on the network; see the module docstring."""
+
+    def __init__(self, config: AgentConfig, *, password: str | None = None) -> None:
+        self.config = config
+        self._password = password
+        self.trust = TrustStore([config.issuer_key])
+        self.revocations = RevocationCache(self.trust)
+        self.keys = _device_keys(config.state_dir)
+        self.certificate = b""
+        self._revocation_list = b""
+        self.port: PortChoice | None = None
+        self.link: Link | None = None
+        self.nat: NatReport | None = None
+        self.presence = Presence()
+        self.last_error = ""
+        self._rng = random.SystemRandom()
+        self._cache, warning = hostcache.load_or_empty(config.state_dir / HOSTCACHE_FILE)
+        if warning:
+            _log.warning("%s", warning)
+        self._sockets: list[socket.socket] = []
+        self._adapter: DatagramAdapter | None = None
+        self._ladder: Ladder | None = None
+        self._detached = asyncio.Event()
+        self.online = asyncio.Event()
+        """Set while the device is attached and its presence is stored."""
+        self._changes = asyncio.Event()
+        self._alternatives: list[Address] = []
+        self._task: asyncio.Task[None] | None = None
+        self.control = ControlServer(config.control_socket, {"status": self.status})
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        await self._login()
+        await self._open_port()
+        await self.control.start()
+        self._task = asyncio.create_task(self._stay_online())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.link is not None:
+            self.link.close()
+        await self.control.stop()
+        if self._adapter is not None:
+            self._adapter.close()
+            await self._adapter.wait_closed()
+        for sock in self._sockets:
+            sock.close()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, checked whenever the agent's state changes
+        (on or off line, a self-test result)."""
+        while not condition():
+            await self._changes.wait()
+
+    def _changed(self) -> None:
+        self._changes.set()
+        self._changes = asyncio.Event()
+
+    # -- 1. login
+
+    async def _login(self) -> None:
+        config = self.config
+        held = _read_certificate(config.state_dir / CERT_FILE)
+        password = None if held else self._password
+        if not held and password is None:
+            raise UplinkFailed(
+                "this device holds no certificate yet: give the account's password once "
+                "([account] password_file) to enrol it"
+            )
+        who = Credentials(config.user_id, config.device_id, self.keys)
+        session = await login(config.login_address, config.server_key, who, password=password)
+        try:
+            self.certificate = session.certificate
+            write_atomic(config.state_dir / CERT_FILE, self.certificate, 0o600)
+            reply = await session.request(
+                MsgType.REVOCATION_FETCH, {"known_version": 0}, MsgType.REVOCATION_LIST
+            )
+            raw = build_signed_revocation_list(reply.body)
+            self.revocations.apply(verify_revocations(raw, self.trust, time.time()))
+            self._revocation_list = raw
+        finally:
+            session.close()
+
+    # -- 2. port P
+
+    async def _open_port(self) -> None:
+        try_bind, held = bind_both("0.0.0.0")
+        self.port = choose(self.config.state_dir, self.config.port, try_bind, self._rng)
+        udp, tcp = held
+        self._sockets = [tcp]
+        loop = asyncio.get_running_loop()
+        wall_offset = time.time() - loop.time()
+        endpoint = DatagramEndpoint(Identity(self.keys, self.certificate), self.trust,
+                                    wall_offset=wall_offset)  # fmt: skip
+        self._core = PortCore(endpoint)
+        _, adapter = await loop.create_datagram_endpoint(
+            lambda: DatagramAdapter(self._core, self._on_event), sock=udp
+        )
+        self._adapter = adapter
+        self._ladder = Ladder(Identity(self.keys, self.certificate), self.trust, endpoint,
+                              adapter, wall_offset)  # fmt: skip
+        _log.info("port %d: %s", self.port.port, self.port.note)
+
+    def _on_event(self, event: object) -> None:
+        if self._ladder is not None and self._ladder.route(event):
+            return
+        if isinstance(event, NatReport):
+            self._nat_found(event)
+
+    # -- 3. the supernode, and staying with one
+
+    async def _stay_online(self) -> None:
+        pause = RECONNECT_FIRST
+        while True:
+            try:
+                await self._serve_once()
+                pause = RECONNECT_FIRST
+            except (EdgeError, OSError) as exc:
+                self.last_error = str(exc)
+                _log.warning("offline: %s; trying again in %.0f s", exc, pause)
+            self.presence.stored = 0
+            self.online.clear()
+            self._changed()
+            await asyncio.sleep(pause * self._rng.uniform(0.5, 1.0))
+            pause = min(RECONNECT_MAX, pause * 2)
+
+    async def _serve_once(self) -> None:
+        link = await self._attach()
+        self.link = link
+        link.on_message = self._on_message
+        self._detached.clear()
+        if self._revocation_list:
+            link.send(MsgType.REVOCATION_LIST, parse_signed_revocation_list(self._revocation_list))
+        self._start_self_test(link)
+        await self._publish(link)
+        while True:
+            closed = asyncio.ensure_future(link.closed.wait())
+            detached = asyncio.ensure_future(self._detached.wait())
+            done, pending = await asyncio.wait(
+                {closed, detached}, timeout=REFRESH_EVERY, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if done:
+                link.close()
+                reason = "handed over" if detached in done else link.reason
+                raise UplinkFailed(f"left {link.where}: {reason}")
+            await self._publish(link)
+
+    async def _attach(self) -> Link:
+        assert self._ladder is not None
+        now = time.time
+        for address in self.config.bootstrap:
+            self._cache.learn(address, now(), source="config")
+        order = self._alternatives or [e.address for e in self._cache.ranked(now(), self._rng)]
+        self._alternatives = []
+        try:
+            rung, link = await connect(self._ladder, self._cache, order, now)
+            attached = await attach(self._ladder, self._cache, link, now)
+        finally:
+            self._save_cache()
+        _log.info("attached to %s (%s, load %d%%)", attached.link.where, rung, attached.load)
+        return attached.link
+
+    def _on_message(self, message: Message) -> None:
+        if message.type is MsgType.DETACH:
+            self._alternatives = [
+                (str(e.address[0]), int(e.address[1])) for e in message.body.alternatives
+            ]
+            self._detached.set()
+        elif message.type is MsgType.REVOCATION_LIST:
+            raw = build_signed_revocation_list(message.body)
+            with contextlib.suppress(EdgeError):
+                if self.revocations.apply(verify_revocations(raw, self.trust, time.time())):
+                    self._revocation_list = raw
+
+    def _save_cache(self) -> None:
+        try:
+            hostcache.save(self._cache, self.config.state_dir / HOSTCACHE_FILE)
+        except EdgeError as exc:
+            _log.warning("host cache not saved: %s", exc)
+
+    # -- 4. presence
+
+    async def _publish(self, link: Link) -> None:
+        record = make_presence(
+            self.keys,
+            self.certificate,
+            supernode=link.supernode,
+            supernode_key=link.supernode_key,
+            candidates=self._candidates(link),
+            seq=(seq := next_sequence(self.presence.seq, time.time())),
+            now=time.time(),
+        )
+        answer = await link.request(
+            MsgType.PRESENCE_PUBLISH, {"record": record}, MsgType.PRESENCE_RESULT
+        )
+        self.presence = Presence(seq, time.time(), answer.body.stored, answer.body.code.name)
+        if answer.body.code is not ErrorCode.OK:
+            raise UplinkFailed(f"presence refused by {link.where}: {answer.body.code.name}")
+        self.online.set()
+        self._changed()
+
+    def _candidates(self, link: Link) -> list[PresenceCandidate]:
+        assert self.port is not None
+        local = (_local_ip_towards(link.supernode), self.port.port)
+        found = [PresenceCandidate(CandidateKind.HOST, Transport.UDP, local, HOST_PRIORITY)]
+        reflexive = self.nat.reflexive if self.nat is not None else None
+        if reflexive is not None and reflexive != local:
+            found.append(
+                PresenceCandidate(
+                    CandidateKind.SERVER_REFLEXIVE, Transport.UDP, reflexive, SRFLX_PRIORITY
+                )
+            )
+        return found
+
+    def _start_self_test(self, link: Link) -> None:
+        if link.transport != "udp" or self._core.stun is not None or self.port is None:
+            return
+        loop = asyncio.get_running_loop()
+        local = (_local_ip_towards(link.supernode), self.port.port)
+        self._core.stun = ConnectivityTest(link.supernode, local, loop.time())
+        assert self._adapter is not None
+        self._adapter.poke()
+
+    def _nat_found(self, report: NatReport) -> None:
+        self.nat = report
+        self._core.stun = None
+        self._changed()
+        _log.info(
+            "connectivity self-test: %s, reflexive %s", report.classification, report.reflexive
+        )
+
+    # -- ctl
+
+    def status(self, args: Any) -> JsonObject:
+        link, nat, port = self.link, self.nat, self.port
+        online = link is not None and not link.closed.is_set() and self.presence.stored > 0
+        return {
+            "user": self.config.user_id,
+            "device": self.config.device_id,
+            "online": online,
+            "port": {"port": port.port, "note": port.note} if port else None,
+            "supernode": None if link is None else {
+                "address": _show(link.supernode),
+                "via": link.where,
+                "transport": link.transport,
+                "rtt_ms": round(link.rtt * 1000, 1),
+            },
+            "nat": None if nat is None else {
+                "type": nat.classification,
+                "reflexive": _show(nat.reflexive) if nat.reflexive else None,
+                "mapping": nat.mapping.value,
+                "filtering": nat.filtering.value,
+            },
+            "presence": {
+                "stored_on": self.presence.stored,
+                "published_at": round(self.presence.published_at),
+                "answer": self.presence.code,
+            },
+            "certificate_expires": _not_after(self.certificate),
+            "last_error": self.last_error,
+        }  # fmt: skip
+
+
+def _device_keys(state_dir: Path) -> DeviceKeys:
+    path = state_dir / KEY_FILE
+    if not path.exists():
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        DeviceKeys.generate().save(path)
+    return DeviceKeys.load(path)
+
+
+def _read_certificate(path: Path) -> bytes:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CERTIFICATE_FILE + 1)
+    except FileNotFoundError:
+        return b""
+    return data if 0 < len(data) <= MAX_CERTIFICATE_FILE else b""
+
+
+def _not_after(certificate: bytes) -> int | None:
+    try:
+        return int(parse_certificate(certificate).tbs.not_after)
+    except EdgeError:
+        return None
+
+
+def _local_ip_towards(address: Address) -> str:
+    """The source address this host uses towards ``address`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(address)
+        except OSError:
+            return "0.0.0.0"
+        return str(probe.getsockname()[0])
+
+
+def _show(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"

@@ -1,0 +1,214 @@
+"""The agent on loopback with a real login server and real supernodes: it enrols, attaches,
+publishes its presence, runs its self-test, shows it all in ``edge ctl status``, and
+moves to another supernode when its own goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+
+from edge.client.agent import Agent
+from edge.client.config import AgentConfig
+from edge.client.errors import UplinkFailed
+from edge.crypto.cert import issue
+from edge.login.cli import open_configured_store, server_keys
+from edge.login.config import LoginConfig
+from edge.login.passwords import Passwords
+from edge.login.server import LoginServer
+from edge.login.store import Store
+from edge.runtime.control import request
+from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig
+from edge.supernode.service import Supernode, supernode_keys
+from tests.test_login_server import CHEAP
+
+T = TypeVar("T")
+TIMEOUT = 15.0
+PASSWORD = "correct horse"
+
+
+def run_uv(coro: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+@dataclass
+class Network:
+    tmp: Path
+    login: LoginServer
+    store: Store
+    login_address: tuple[str, int]
+    stack: AsyncExitStack
+    supernodes: list[Supernode]
+
+    async def supernode(self, *, bootstrap: tuple[Any, ...] = ()) -> Supernode:
+        index = len(self.supernodes) + 1
+        state = self.tmp / f"supernode-{index}"
+        keys = supernode_keys(state)
+        now = int(time.time())
+        certificate = state / "supernode.cert"
+        certificate.write_bytes(
+            issue(
+                self.login.keys.issuer, serial=1000 + index, user_id=f"supernode-{index}",
+                device_id="sn", sign_key=keys.sign_public, dh_key=keys.dh_public,
+                not_before=now - 60, not_after=now + 86400,
+            )
+        )  # fmt: skip
+        config = SupernodeConfig(
+            host="127.0.0.1",
+            tcp_ports=(),
+            state_dir=state,
+            control_socket=self.tmp / f"supernode-{index}.sock",
+            shutdown_grace=0.0,
+            relay=RelayConfig(),
+            overlay=OverlayConfig(
+                certificate=certificate,
+                issuer_key=self.login.keys.issuer.public,
+                address="127.0.0.1",
+                bootstrap=bootstrap,
+            ),
+        )
+        node = Supernode(config)
+        await node.start()
+        self.stack.push_async_callback(node.stop)
+        await asyncio.wait_for(node.joined.wait(), TIMEOUT)
+        self.supernodes.append(node)
+        return node
+
+    def agent_config(self, user: str, bootstrap: list[tuple[str, int]]) -> AgentConfig:
+        self.store.add_user(user, Passwords(CHEAP).hash(PASSWORD), int(time.time()))
+        return AgentConfig(
+            user_id=user,
+            device_id="desk",
+            login_address=self.login_address,
+            server_key=self.login.keys.noise.dh_public,
+            issuer_key=self.login.keys.issuer.public,
+            bootstrap=tuple(bootstrap),
+            state_dir=self.tmp / f"agent-{user}",
+            control_socket=self.tmp / f"agent-{user}.sock",
+        )
+
+    async def agent(self, config: AgentConfig, password: str | None = PASSWORD) -> Agent:
+        agent = Agent(config, password=password)
+        await agent.start()
+        self.stack.push_async_callback(agent.stop)
+        await asyncio.wait_for(agent.online.wait(), TIMEOUT)
+        return agent
+
+
+@asynccontextmanager
+async def network(tmp: Path) -> AsyncIterator[Network]:
+    config = LoginConfig(
+        listen=(("127.0.0.1", 0),),
+        state_dir=tmp / "login",
+        database=f"sqlite:///{tmp / 'login.db'}",
+        password_cost=CHEAP,
+    )
+    store = await asyncio.to_thread(open_configured_store, config)
+    login = LoginServer(config, store, server_keys(config.state_dir))
+    (address,) = await login.start()
+    try:
+        async with AsyncExitStack() as stack:
+            yield Network(tmp, login, store, address, stack, [])
+    finally:
+        await login.stop(grace=1.0)
+        store.close()
+
+
+def test_an_agent_enrols_attaches_publishes_and_reports_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            config = net.agent_config("alice", [node.bound.udp])
+            agent = await net.agent(config)
+            status = (await request(config.control_socket, "status"))["result"]
+            assert status["online"] is True
+            assert status["user"] == "alice"
+            assert status["supernode"]["address"] == f"127.0.0.1:{node.bound.port}"
+            assert status["supernode"]["transport"] == "udp"
+            assert status["presence"] == {
+                "stored_on": 1,
+                "published_at": status["presence"]["published_at"],
+                "answer": "OK",
+            }
+            assert status["port"]["note"].startswith("first start")
+            assert status["certificate_expires"] > time.time()
+            assert (config.state_dir / "device.cert").stat().st_mode & 0o777 == 0o600
+            assert node.clients is not None
+            assert node.clients.attached.sessions_of("alice")
+            # Its presence can be found through the overlay, as any device would look it up.
+            assert node.clients.overlay.node.store.get(*_key_and_now("alice")), "the record is held"
+            # The self-test ran from port P against the supernode (no second address here).
+            await agent.wait_for(lambda: agent.nat is not None)
+            assert agent.nat is not None and agent.nat.reflexive == (
+                "127.0.0.1",
+                status["port"]["port"],
+            )
+
+    run_uv(main())
+
+
+def test_a_second_start_renews_without_the_password_and_keeps_its_port(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            config = net.agent_config("bob", [node.bound.udp])
+            first = await net.agent(config)
+            assert first.port is not None
+            port = first.port.port
+            await first.stop()
+            again = await net.agent(config, password=None)
+            assert again.port is not None and again.port.port == port
+            assert again.port.note == "kept from the last start"
+
+    run_uv(main())
+
+
+def test_without_a_certificate_or_a_password_the_agent_says_what_it_needs(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            config = net.agent_config("carol", [("127.0.0.1", 9)])
+            with pytest.raises(UplinkFailed, match="password_file"):
+                await Agent(config).start()
+
+    run_uv(main())
+
+
+def test_when_its_supernode_stops_the_agent_moves_to_another(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            first = await net.supernode()
+            assert first.bound is not None
+            second = await net.supernode(bootstrap=(first.bound.udp,))
+            assert second.bound is not None
+            agent = await net.agent(net.agent_config("dave", [first.bound.udp]))
+            assert agent.link is not None and agent.link.supernode == first.bound.udp
+            await first.stop()
+            moved = second.bound.udp
+            await asyncio.wait_for(
+                agent.wait_for(lambda: agent.online.is_set() and _at(agent, moved)), TIMEOUT
+            )
+            assert second.clients is not None and second.clients.attached.sessions_of("dave")
+
+    run_uv(main())
+
+
+def _at(agent: Agent, address: tuple[str, int]) -> bool:
+    return agent.link is not None and agent.link.supernode == address
+
+
+def _key_and_now(user: str) -> tuple[int, float]:
+    from edge.overlay.ids import key_for_user
+
+    return key_for_user(user), time.time()
