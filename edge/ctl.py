@@ -31,6 +31,9 @@ EXIT_UNREACHABLE: Final = 3
 COMMANDS: Final[dict[str, tuple[str, ...]]] = {
     "status": (),
     "counters": (),
+    "search": ("user",),
+    "send": ("user", "text"),
+    "messages": (),
 }
 """Each command the daemons serve, with the names of its positional arguments."""
 

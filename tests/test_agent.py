@@ -212,3 +212,34 @@ def _key_and_now(user: str) -> tuple[int, float]:
     from edge.overlay.ids import key_for_user
 
     return key_for_user(user), time.time()
+
+
+def test_a_message_goes_end_to_end_between_agents_on_two_supernodes(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            first = await net.supernode()
+            assert first.bound is not None
+            second = await net.supernode(bootstrap=(first.bound.udp,))
+            assert second.bound is not None
+            alice_config = net.agent_config("alice", [first.bound.udp])
+            bob_config = net.agent_config("bob", [second.bound.udp])
+            await net.agent(alice_config)
+            bob = await net.agent(bob_config)
+            found = await request(alice_config.control_socket, "search", {"user": "bob"})
+            (device,) = found["result"]["devices"]
+            assert device["device"] == "desk" and device["online"] is True
+            assert device["supernode"] == f"127.0.0.1:{second.bound.port}"
+            sent = await request(alice_config.control_socket, "send", {"user": "bob", "text": "hi"})
+            assert sent["result"] == {"delivered_to": ["bob/desk"], "devices": 1}
+            inbox = (await request(bob_config.control_socket, "messages"))["result"]["messages"]
+            assert [(m["from"], m["text"]) for m in inbox] == [("alice/desk", "hi")]
+            # The supernodes carried the session's datagrams and saw ciphertext only.
+            assert first.clients is not None and second.clients is not None
+            assert first.clients.counts["forward"] >= 1 and second.clients.counts["forward"] >= 1
+            assert bob.peers is not None and bob.peers.count == 1
+            nobody = await request(
+                alice_config.control_socket, "send", {"user": "zed", "text": "?"}
+            )
+            assert nobody["ok"] is False and nobody["error"]["code"] == "NOT_FOUND"
+
+    run_uv(main())

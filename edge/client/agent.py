@@ -28,18 +28,21 @@ the alternatives it was handed. ``edge ctl status`` shows all of it.
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.client import hostcache
 from edge.client.config import AgentConfig
-from edge.client.errors import UplinkFailed
+from edge.client.errors import PeerUnreachable, UplinkFailed
 from edge.client.login import Credentials, login
+from edge.client.peers import Found, Peers
 from edge.client.port import PortCore
 from edge.client.ports import PortChoice, bind_both, choose
 from edge.client.uplink import Ladder, Link, attach, connect
@@ -60,6 +63,7 @@ from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     CandidateKind,
     Message,
+    ReceiptStatus,
     Transport,
     build_signed_revocation_list,
     parse_certificate,
@@ -74,6 +78,8 @@ HOSTCACHE_FILE = "hostcache.json"
 MAX_CERTIFICATE_FILE = 4096
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 60.0
+MAX_INBOX = 200
+RECEIPT_TIMEOUT = 10.0
 HOST_PRIORITY = (126 << 24) | (65535 << 8) | 255
 SRFLX_PRIORITY = (100 << 24) | (65535 << 8) | 255
 
@@ -115,7 +121,20 @@ class Agent:
         self._changes = asyncio.Event()
         self._alternatives: list[Address] = []
         self._task: asyncio.Task[None] | None = None
-        self.control = ControlServer(config.control_socket, {"status": self.status})
+        self.peers: Peers | None = None
+        self.inbox: deque[JsonObject] = deque(maxlen=MAX_INBOX)
+        """The latest messages received, newest last, for ``edge ctl messages``."""
+        self._receipts: dict[bytes, asyncio.Future[int]] = {}
+        self._signal_drops = 0
+        self.control = ControlServer(
+            config.control_socket,
+            {
+                "status": self.status,
+                "search": self.search,
+                "send": self.send_text,
+                "messages": self.messages,
+            },
+        )
 
     # -- lifecycle
 
@@ -192,10 +211,15 @@ class Agent:
         self._adapter = adapter
         self._ladder = Ladder(Identity(self.keys, self.certificate), self.trust, endpoint,
                               adapter, wall_offset)  # fmt: skip
+        self.peers = Peers(self._core, adapter, self.trust)
+        self.peers.on_message = self._peer_message
+        self._core.forward = self._forward_signal
         _log.info("port %d: %s", self.port.port, self.port.note)
 
     def _on_event(self, event: object) -> None:
         if self._ladder is not None and self._ladder.route(event):
+            return
+        if self.peers is not None and self.peers.route(event):
             return
         if isinstance(event, NatReport):
             self._nat_found(event)
@@ -261,6 +285,8 @@ class Agent:
                 (str(e.address[0]), int(e.address[1])) for e in message.body.alternatives
             ]
             self._detached.set()
+        elif message.type is MsgType.SIGNAL_RELAYED and self.peers is not None:
+            self.peers.relayed(message.body, asyncio.get_running_loop().time())
         elif message.type is MsgType.REVOCATION_LIST:
             raw = build_signed_revocation_list(message.body)
             with contextlib.suppress(EdgeError):
@@ -324,6 +350,83 @@ class Agent:
             "connectivity self-test: %s, reflexive %s", report.classification, report.reflexive
         )
 
+    # -- other devices
+
+    def _forward_signal(self, data: bytes, user: str, device: str) -> None:
+        link = self.link
+        if link is None or link.closed.is_set():
+            self._signal_drops += 1
+            return
+        link.send(MsgType.SIGNAL_FORWARD, {"to_user": user, "to_device": device, "payload": data})
+
+    def _peer_message(self, peer: tuple[str, str], message: Message) -> None:
+        body = message.body
+        if message.type is MsgType.INSTANT_MESSAGE:
+            self.inbox.append(
+                {"from": f"{peer[0]}/{peer[1]}", "text": body.text, "sent_ms": body.sent_ms,
+                 "id": bytes(body.message_id).hex()}
+            )  # fmt: skip
+            assert self.peers is not None
+            index = self.peers.session_of(peer)
+            if index is not None:
+                receipt = {"message_id": body.message_id, "status": ReceiptStatus.DELIVERED}
+                self.peers.send(index, MsgType.MESSAGE_RECEIPT, receipt)
+        elif message.type is MsgType.MESSAGE_RECEIPT:
+            waiter = self._receipts.get(bytes(body.message_id))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(int(body.status))
+
+    def _online_link(self) -> Link:
+        link = self.link
+        if link is None or link.closed.is_set() or self.peers is None:
+            raise PeerUnreachable("this device is not attached to a supernode right now")
+        return link
+
+    async def search(self, args: Mapping[str, Any]) -> JsonObject:
+        """Where ``args["user"]`` is: each device the overlay knows, verified."""
+        assert self.peers is not None
+        found = await self.peers.find(self._online_link(), str(args.get("user", "")))
+        return {"devices": [_found(f) for f in found]}
+
+    async def send_text(self, args: Mapping[str, Any]) -> JsonObject:
+        """Send ``args["text"]`` to every online device of ``args["user"]``, end to end."""
+        user, text = str(args.get("user", "")), str(args.get("text", ""))
+        link = self._online_link()
+        assert self.peers is not None
+        devices = [f for f in await self.peers.find(link, user) if f.online]
+        if not devices:
+            raise PeerUnreachable(f"{user} has no device online")
+        delivered = []
+        for found in devices:
+            if await self._send_one(found, text):
+                delivered.append(f"{found.user}/{found.device}")
+        return {"delivered_to": delivered, "devices": len(devices)}
+
+    async def _send_one(self, found: Found, text: str) -> bool:
+        assert self.peers is not None
+        index = await self.peers.session(found.user, found.device)
+        message_id = os.urandom(16)
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._receipts[message_id] = waiter
+        body = {
+            "message_id": message_id,
+            "sender": self.config.user_id,
+            "recipient": found.user,
+            "sequence": next_sequence(0, time.time()),
+            "sent_ms": int(time.time() * 1000),
+            "text": text,
+        }
+        try:
+            self.peers.send(index, MsgType.INSTANT_MESSAGE, body)
+            return await asyncio.wait_for(waiter, RECEIPT_TIMEOUT) == ReceiptStatus.DELIVERED
+        except TimeoutError:
+            return False
+        finally:
+            self._receipts.pop(message_id, None)
+
+    def messages(self, args: Any) -> JsonObject:
+        return {"messages": list(self.inbox)}
+
     # -- ctl
 
     def status(self, args: Any) -> JsonObject:
@@ -352,8 +455,20 @@ class Agent:
                 "answer": self.presence.code,
             },
             "certificate_expires": _not_after(self.certificate),
+            "peers": self.peers.count if self.peers else 0,
             "last_error": self.last_error,
         }  # fmt: skip
+
+
+def _found(found: Found) -> JsonObject:
+    presence = found.presence.presence
+    return {
+        "device": found.device,
+        "online": found.online,
+        "supernode": _show(presence.supernode),
+        "last_seen": presence.issued_at,
+        "candidates": [f"{c.kind.name.lower()} {_show(c.address)}" for c in presence.candidates],
+    }
 
 
 def _device_keys(state_dir: Path) -> DeviceKeys:

@@ -76,3 +76,9 @@ class FileProtocolError(RemoteError):
     size, another file's id); it was dropped and counted, the transfer goes on."""
 
     code = ErrorCode.MALFORMED
+
+
+class PeerUnreachable(RemoteError):
+    """Another user's device could not be reached: not online, or it did not answer."""
+
+    code = ErrorCode.NOT_FOUND

@@ -8,14 +8,38 @@ to 3, RFC 7983) goes to the STUN core running at the time, such as the
 connectivity self-test (:class:`~edge.stun.nat.ConnectivityTest`), which must
 run from this very socket: the mapping its NAT gives port P is what peers
 will see. Anything else is refused (the adapter counts it).
+
+Before two devices have a path of their own, their session travels through
+their supernodes. Such a session's address is a *signalling address*,
+``("via:USER/DEVICE", 0)``: what the endpoint sends there does not leave by
+this socket but goes to ``forward`` (the agent wraps it in SIGNAL_FORWARD),
+and what arrives in SIGNAL_RELAYED comes in from that address. The session,
+its keys and its index stay the same when the call later moves it to a
+direct path.
 """
 
-from collections import deque
+from collections.abc import Callable
 
 from edge.sansio import Address, DatagramCore
 from edge.session.datagram import DatagramEndpoint
 from edge.stun.channel import Kind, classify
 from edge.stun.errors import StunError
+
+VIA = "via:"
+
+
+def via_address(user: str, device: str) -> Address:
+    """The signalling address of ``user``'s ``device``."""
+    return (f"{VIA}{user}/{device}", 0)
+
+
+def via_peer(address: Address) -> tuple[str, str] | None:
+    """(user, device) of a signalling address, or None for a real one."""
+    host = address[0]
+    if not host.startswith(VIA):
+        return None
+    user, _, device = host[len(VIA) :].partition("/")
+    return user, device
 
 
 class NotForThisPort(StunError):
@@ -27,9 +51,10 @@ class PortCore:
 
     def __init__(self, endpoint: DatagramEndpoint) -> None:
         self.endpoint = endpoint
+        self.forward: Callable[[bytes, str, str], None] = lambda data, user, device: None
+        """Where datagrams for a signalling address go: ``forward(data, user, device)``."""
         self.stun: DatagramCore | None = None
         """The STUN core now running from this port, if any."""
-        self._stun_events: deque[object] = deque()
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if data[:1] == b"\xed":
@@ -40,7 +65,13 @@ class PortCore:
             raise NotForThisPort(f"{len(data)} bytes from {addr} belong to nothing on this port")
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        out = self.endpoint.datagrams_to_send(now)
+        out = []
+        for data, address in self.endpoint.datagrams_to_send(now):
+            peer = via_peer(address)
+            if peer is None:
+                out.append((data, address))
+            else:
+                self.forward(data, *peer)
         if self.stun is not None:
             out += self.stun.datagrams_to_send(now)
         return out
