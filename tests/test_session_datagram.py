@@ -384,3 +384,22 @@ def test_version_error_is_never_larger_than_what_came_in(issuer: IssuerKey) -> N
     with pytest.raises(UnsupportedVersion):
         bob.receive_datagram(tiny, A, 0.0)
     assert bob.datagrams_to_send(0.0) == []
+
+
+def test_move_sends_from_then_on_to_the_new_address() -> None:
+    issuer = IssuerKey.generate()
+    a = endpoint(identity(issuer, "alice"), [issuer], seed=1)
+    b = endpoint(identity(issuer, "bob"), [issuer], seed=2)
+    net = Net({("10.0.0.1", 1): a, ("10.0.0.2", 2): b})
+    index = a.connect(("10.0.0.2", 2), 0.0)
+    net.deliver(0.0)
+    events(a), events(b)
+    # The same peer is also reachable at another address; a switches the session there.
+    net.nodes[("10.0.0.2", 3)] = b
+    a.move(index, ("10.0.0.2", 3))
+    assert [type(e).__name__ for e in events(a)] == ["PeerMoved"]
+    a.send(index, MsgType.KEEPALIVE, {"nonce": 1, "sent_ms": 0, "echo": False})
+    out = a.datagrams_to_send(0.0)
+    assert [address for _, address in out] == [("10.0.0.2", 3)]
+    b.receive_datagram(out[0][0], ("10.0.0.1", 1), 0.0)
+    assert [type(e).__name__ for e in events(b)] == ["MessageReceived"]

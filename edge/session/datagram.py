@@ -231,6 +231,14 @@ class DatagramEndpoint:
         if session.remote_index:
             self._by_remote.pop((session.address, session.remote_index), None)
 
+    def move(self, index: int, address: Address) -> None:
+        """Send this session's datagrams to ``address`` from now on: a call has chosen a
+        path of its own for a session that began through the supernodes. The peer
+        follows when our first datagram arrives from there (the roaming rule)."""
+        session = self._established(index)
+        if address != session.address:
+            self._move(session, address)
+
     def peer(self, index: int) -> Certificate:
         """The verified certificate of an established session's peer."""
         peer = self._established(index).peer
