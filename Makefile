@@ -12,11 +12,12 @@ TEST_APT_STAMP := $(VENV)/.apt-test-checked
 # (libopus for voice, libpq for the PostgreSQL store).
 APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libopus0 libsamplerate0 libpq5
 # Only for the tests and benchmarks: a PostgreSQL server they start themselves
-# (a throw-away cluster on a Unix socket), and coturn, whose turnserver the STUN
-# interop tests start on 127.0.0.1.
-APT_TEST := postgresql coturn
+# (a throw-away cluster on a Unix socket), coturn, whose turnserver the STUN
+# interop tests start on 127.0.0.1, and iproute2 and nftables for the NAT lab
+# (network namespaces with kernel NAT and firewalls, tests/natlab.py).
+APT_TEST := postgresql coturn iproute2 nftables
 
-.PHONY: demo test lint typecheck unit docs docs-check bench fuzz clean apt venv
+.PHONY: demo test lint typecheck unit lab docs docs-check bench fuzz clean apt venv
 
 demo: $(STAMP)
 	$(BIN)/edge demo
@@ -32,6 +33,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP) $(TEST_APT_STAMP)
 	$(BIN)/pytest -q
+
+# The NAT lab alone (as root; part of `unit` too).
+lab: $(STAMP) $(TEST_APT_STAMP)
+	$(BIN)/pytest -q tests/test_natlab.py
 
 docs: $(STAMP)
 	$(BIN)/python -m edge.wire.docgen > docs/PROTOCOL.md
