@@ -1,6 +1,7 @@
 """TURN over TCP: the stream deframer, and the server core serving stream clients."""
 
 import contextlib
+import struct
 from itertools import pairwise
 
 import pytest
@@ -9,7 +10,15 @@ from hypothesis import strategies as st
 
 from edge.sansio import Address
 from edge.stun.attributes import AttrType
-from edge.stun.channel import ChannelData, build_channel_data, frame_size, parse_channel_data
+from edge.stun.channel import (
+    CHANNEL_HEADER,
+    MAX_CHANNEL,
+    MIN_CHANNEL,
+    ChannelData,
+    build_channel_data,
+    frame_size,
+    parse_channel_data,
+)
 from edge.stun.codec import Class, Message, Method, build, parse
 from edge.stun.errors import FramingError, StunBuildError
 from edge.stun.framing import StreamDeframer
@@ -350,3 +359,14 @@ def test_any_bytes_deframe_to_whole_messages_or_raise_framing_error(chunks: list
         for chunk in chunks:
             for message in deframer.feed(chunk):
                 assert frame_size(message) == len(message) <= 64
+
+
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+def test_the_struct_channel_header_is_the_declared_one(channel: int, length: int) -> None:
+    declared = CHANNEL_HEADER.build({"channel": channel, "length": length})
+    assert struct.pack(">HH", channel, length) == declared
+    if MIN_CHANNEL <= channel <= MAX_CHANNEL:
+        data = bytes(min(length, 64))
+        built = build_channel_data(ChannelData(channel, data))
+        assert built[:4] == CHANNEL_HEADER.build({"channel": channel, "length": len(data)})
+        assert parse_channel_data(built) == ChannelData(channel, data)

@@ -48,3 +48,24 @@ def send(sock: socket.socket, data: bytes, address: Address, counters: Counter[s
 def count_os_error(counters: Counter[str], exc: OSError) -> None:
     name = errno.errorcode.get(exc.errno or 0, "unknown").lower()
     counters[f"os-error-{name}"] += 1
+
+
+def enlarge_buffers(sock: socket.socket, size: int) -> int:
+    """Ask for ``size``-byte receive and send buffers; the receive size granted.
+
+    The kernel caps SO_RCVBUF at ``net.core.rmem_max``; a process allowed to
+    (CAP_NET_ADMIN) passes the cap with SO_RCVBUFFORCE. Either way a smaller
+    buffer is not an error: the service runs, with more drops under bursts.
+    """
+    for force, plain in ((_RCVBUFFORCE, socket.SO_RCVBUF), (_SNDBUFFORCE, socket.SO_SNDBUF)):
+        for option in (force, plain):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+            except OSError:
+                continue
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import Final, Protocol, cast
 
 from edge.errors import RemoteError
-from edge.runtime.udp import read_batch, send
+from edge.runtime.udp import enlarge_buffers, read_batch, send
 from edge.sansio import Address, DatagramCore
 from edge.stun.errors import StunError
 from edge.stun.framing import StreamDeframer
@@ -62,6 +62,12 @@ cookie after them, so the two cannot be confused."""
 EDGE_SNIFF: Final = 4
 PORT_DRAWS: Final = 32
 """Random ports tried per allocation before the relay says it is out of ports (508)."""
+
+LISTEN_BUFFER: Final = 4 << 20
+"""Socket buffer of the listening UDP socket: every client's packets queue there,
+and the default (about 200 KiB: 15 ms of 350 calls) overflows whenever another
+process takes the core for a moment. As coturn does, ask for megabytes."""
+RELAY_BUFFER: Final = 256 << 10
 
 IDLE_TIMEOUT: Final = 30.0
 """A TCP client without an allocation that sends no whole message for this long is
@@ -115,6 +121,9 @@ class RelayAdapter:
         self._streams: dict[Address, _TurnStream] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._armed_for: float | None = None
+        """The core deadline the timer is set for: re-arming only when it changes saves
+        a cancel and a ``call_at`` per relayed packet."""
         self._edge: DatagramCore | None = None
         self._edge_events: Callable[[object], None] = lambda event: None
         self._edge_timer: asyncio.TimerHandle | None = None
@@ -141,6 +150,7 @@ class RelayAdapter:
                 sock.close()
                 continue
             sock.setblocking(False)
+            enlarge_buffers(sock, RELAY_BUFFER)
             relayed = cast(Address, sock.getsockname()[:2])
             self._relays[relayed] = sock
             self._running_loop().add_reader(sock.fileno(), self._relay_readable, relayed, sock)
@@ -160,6 +170,7 @@ class RelayAdapter:
         self.core = core
         self._loop = asyncio.get_running_loop()
         udp.setblocking(False)
+        enlarge_buffers(udp, LISTEN_BUFFER)
         self._udp = udp
         self._loop.add_reader(udp.fileno(), self._client_readable)
         for sock in tcp:
@@ -315,10 +326,13 @@ class RelayAdapter:
             send(self._udp, data, address, self.counters)
 
     def _arm(self) -> None:
+        deadline = self._core().get_timer()
+        if deadline == self._armed_for and (deadline is None or self._timer is not None):
+            return  # the common case per relayed packet: nothing new can expire
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadline = self._core().get_timer()
+        self._armed_for = deadline
         if deadline is not None:
             loop = self._running_loop()
             delay = max(0.0, deadline - self._clock())
@@ -326,6 +340,7 @@ class RelayAdapter:
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._armed_for = None
         self._core().handle_timer(self._clock())
         self.flush()
 
