@@ -1,301 +1,543 @@
-"""``edge demo``: the network on one machine, told in plain words.
+"""``edge demo``: the whole network on one machine, told as a timeline.
 
-Today: a throw-away login server (SQLite, random port) creates two accounts;
-a desk phone and a door intercom make their keys, enrol with the account
-password and renew with their device key alone; each then runs as its own
-process with its own UDP socket on loopback; the phone completes a Noise
-handshake with the intercom,
-each side verifying the other's certificate, then sends an encrypted message
-and gets an encrypted receipt back. Later the demo grows into the whole
-network: login server, supernode, agents with simulated buttons and audio.
+What it shows: a login server, two supernodes and two devices on loopback.
+Alice's desk phone and the front-door intercom enrol with their account
+passwords, each attaches to a supernode of its own and publishes its
+presence there; the intercom looks Alice up, sends her "Someone is at the
+front door" end to end, and the message shows in the phone's inbox. Then
+everything stops the way a service manager stops it. Calls, with audio played
+from and recorded to files, come later.
 
-The parent process makes the keys and certificates in a state folder, starts
-the two peers (``edge demo --peer ...``, the same code path a device runs),
-and relays what they say, prefixed by who says it.
+How it works: the parent process makes a temporary state folder (``--keep``
+keeps it), runs the login server in-process with its SQLite database there and
+creates the two accounts. For each supernode it makes the keys the supernode
+will use, has the login server's issuer certify them, and writes its TOML
+configuration; each agent gets a configuration naming its account, its
+password file (read once, to enrol) and one supernode to bootstrap from. The
+daemons run as child processes (``edge supernode --config ...``, ``edge agent
+--config ...``), started as systemd would start them: each has its own
+``NOTIFY_SOCKET`` in the state folder, and the parent learns from READY=1 that
+one has started and from its ``STATUS=online via ...`` line that an agent is
+online. The second supernode's "joined the overlay" log line says it has met
+the first. No step waits for a fixed time.
+
+The story is then driven through ``edge ctl``, run as a user would type it
+(in the state folder) and printed before its answer. Last, SIGTERM stops the
+agents, then the supernodes; each must exit with status 0.
+
+Every line says when (milliseconds since the start) and who speaks; the
+daemons' own logs are shown with ``--verbose``. A step that fails, or takes
+longer than :data:`STEP_TIMEOUT`, ends the demo with one line saying which,
+and exit status 1.
 """
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import time
+from collections import deque
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.client.login import Credentials, login
-from edge.crypto.cert import TrustStore
-from edge.crypto.keys import DeviceKeys
-from edge.errors import EdgeError, LocalError
-from edge.keytool import describe, read_certificate
+from edge.client.agent import CERT_FILE
+from edge.crypto.cert import issue
+from edge.errors import LocalError
 from edge.login.cli import open_configured_store, server_keys
 from edge.login.config import LoginConfig
 from edge.login.passwords import PasswordCost, Passwords
-from edge.login.server import LoginServer
+from edge.login.server import LoginServer, ServerKeys
 from edge.login.store import Store
-from edge.runtime.adapters import open_datagram
+from edge.runtime import notify
 from edge.runtime.config import write_atomic
+from edge.runtime.control import JsonObject
+from edge.runtime.control import request as control_request
+from edge.runtime.logs import LineFormatter
 from edge.runtime.loop import run
-from edge.session.datagram import DatagramEndpoint
-from edge.session.events import MessageReceived, SessionEstablished, SessionFailed
-from edge.session.handshake import Identity
-from edge.wire.codes import MsgType
-from edge.wire.messages import ReceiptStatus, parse_certificate
+from edge.sansio import Address
+from edge.supernode.service import supernode_keys
+from edge.wire.messages import parse_certificate
 
-PEER_TIMEOUT = 20.0
+MESSAGE = "Someone is at the front door"
+STEP_TIMEOUT = 15.0
+"""Seconds any one step may take: a daemon starting, coming online, a command."""
 DEMO_COST = PasswordCost(ops=1, memory=8 << 20)
 """The demo's passwords are throw-away; a real server keeps the interactive cost."""
+CERTIFICATE_HOURS = 24
+LOG_TAIL = 5
+"""Log lines kept from each daemon, to say why it failed."""
 
 
 @dataclass(frozen=True)
 class Device:
     name: str
+    """Who speaks in the timeline; its files in the state folder carry this name."""
     user_id: str
     device_id: str
-    what: str
 
 
-PHONE = Device("phone", "alice", "desk-phone", "Alice's desk phone")
-INTERCOM = Device("intercom", "frontdoor", "door-intercom", "the front-door intercom")
+PHONE = Device("phone", "alice", "desk-phone")
+INTERCOM = Device("intercom", "front-door", "intercom")
+
+
+class DemoFailed(LocalError):
+    """A step of the demo did not happen; the message says which."""
 
 
 def add_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "demo", help="run the network on this machine and say what happens"
     )
+    parser.add_argument("--message", default=MESSAGE, help="what the intercom sends the phone")
     parser.add_argument(
-        "--state", type=Path, help="folder for keys and certificates (default: temporary)"
+        "--keep",
+        action="store_true",
+        help="keep the state folder (configurations, keys, databases)",
     )
     parser.add_argument(
-        "--message", default="Hello from the desk phone", help="text the phone sends"
+        "--verbose", action="store_true", help="show the daemons' own log lines as well"
     )
-    parser.add_argument("--peer", choices=["listen", "call"], help=argparse.SUPPRESS)
-    parser.add_argument("--name", help=argparse.SUPPRESS)
-    parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.peer:
-        return run(_peer(args))
-    return run(_orchestrate(args))
+    return run(_demo(args))
 
 
-# -- the parent: keys, certificates, two processes ------------------------------------
-
-
-async def _orchestrate(args: argparse.Namespace) -> int:
-    # The story is told in plain words below; the server's own log would interleave.
-    logging.getLogger("edge.login").setLevel(logging.WARNING)
-    state = args.state or Path(tempfile.mkdtemp(prefix="edge-demo-"))
-    state.mkdir(parents=True, exist_ok=True)
+async def _demo(args: argparse.Namespace) -> int:
+    timeline = Timeline(verbose=args.verbose)
+    login_log = logging.getLogger("edge.login")
+    if args.verbose:
+        login_log.addHandler(TimelineHandler("login", timeline))
+        login_log.propagate = False
+    else:
+        # The story is told in plain words; the login server's own log would interleave.
+        login_log.setLevel(logging.WARNING)
+    folder = Path(tempfile.mkdtemp(prefix="edge-demo-"))
+    timeline.say("demo", f"state folder {folder}; every command below runs there")
     try:
-        await _provision(state)
-        return await _run_peers(state, args.message)
+        async with AsyncExitStack() as stack:
+            await Demo(folder, timeline, stack).run(args.message)
+        timeline.say("login", "stopped")
     finally:
-        if args.state is None:
-            shutil.rmtree(state, ignore_errors=True)
-
-
-async def _provision(state: Path) -> None:
-    """A throw-away login server certifies both devices, as a real one would."""
-    say("demo", f"state folder {state}")
-    config = LoginConfig(
-        listen=(("127.0.0.1", 0),),
-        state_dir=state / "login",
-        password_cost=DEMO_COST,
-    )
-    store = await asyncio.to_thread(open_configured_store, config)
-    keys = server_keys(config.state_dir)
-    server = LoginServer(config, store, keys)
-    (address,) = await server.start()
-    write_atomic(state / "issuer.pub", keys.issuer.public.hex().encode(), mode=0o644)
-    say("login", f"login server listening on TCP {address[0]}:{address[1]}")
-    say("login", f"its Noise key, which devices pin: {keys.noise.dh_public.hex()[:32]}...")
-    try:
-        for device in (PHONE, INTERCOM):
-            await _enrol(device, state, address, keys.noise.dh_public, store)
-    finally:
-        await server.stop(grace=2.0)
-        await asyncio.to_thread(store.close)
-
-
-async def _enrol(
-    device: Device, state: Path, address: tuple[str, int], server_key: bytes, store: Store
-) -> None:
-    password = secrets.token_urlsafe(12)
-    await asyncio.to_thread(
-        store.add_user, device.user_id, Passwords(DEMO_COST).hash(password), int(time.time())
-    )
-    say("login", f"account {device.user_id!r} created")
-    keys = DeviceKeys.generate()
-    keys.save(state / f"{device.name}.key")
-    who = Credentials(device.user_id, device.device_id, keys)
-    session = await login(address, server_key, who, password=password)
-    session.close()
-    first = parse_certificate(session.certificate).tbs.serial
-    say(device.name, f"made its keys; enrolled with the account password: certificate {first}")
-    renewed = await login(address, server_key, who)
-    renewed.close()
-    write_atomic(state / f"{device.name}.cert", renewed.certificate, mode=0o644)
-    say(device.name, "renewed it by signing a challenge with its device key (no password):")
-    for line in describe(renewed.certificate).splitlines():
-        say(device.name, line.strip())
-
-
-async def _run_peers(state: Path, message: str) -> int:
-    intercom = await _spawn(state, INTERCOM, ["--peer", "listen"])
-    assert intercom.stdout is not None
-    ready = await asyncio.wait_for(intercom.stdout.readline(), PEER_TIMEOUT)
-    port = _listening_port(ready.decode())
-    phone = await _spawn(
-        state, PHONE, ["--peer", "call", "--target", f"127.0.0.1:{port}", "--message", message]
-    )
-    codes = await asyncio.wait_for(
-        asyncio.gather(_relay(INTERCOM, intercom), _relay(PHONE, phone)), PEER_TIMEOUT
-    )
-    if all(code == 0 for code in codes):
-        say("demo", "done: handshake verified both ways, message and receipt exchanged")
-        return 0
-    say("demo", f"failed: intercom exited {codes[0]}, phone exited {codes[1]}")
-    return 1
-
-
-async def _spawn(state: Path, device: Device, extra: list[str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge",
-        "demo",
-        "--state",
-        str(state),
-        "--name",
-        device.name,
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _listening_port(line: str) -> int:
-    words = line.split()
-    if len(words) != 2 or words[0] != "LISTENING" or not words[1].isdigit():
-        raise LocalError(f"intercom process did not report its port: {line!r}")
-    return int(words[1])
-
-
-async def _relay(device: Device, process: asyncio.subprocess.Process) -> int:
-    assert process.stdout is not None
-    async for line in process.stdout:
-        print(f"[{device.name:>8}] {line.decode().rstrip()}", flush=True)
-    return await process.wait()
-
-
-def say(who: str, text: str) -> None:
-    print(f"[{who:>8}] {text}", flush=True)
-
-
-# -- one peer: the same session code a device runs ------------------------------------
-
-
-class _Peer:
-    def __init__(self, state: Path, device: Device) -> None:
-        loop = asyncio.get_running_loop()
-        keys = DeviceKeys.load(state / f"{device.name}.key")
-        issuer_public = bytes.fromhex((state / "issuer.pub").read_text())
-        identity = Identity(keys, read_certificate(state / f"{device.name}.cert"))
-        self.core = DatagramEndpoint(
-            identity, TrustStore([issuer_public]), wall_offset=time.time() - loop.time()
-        )
-        self.events: asyncio.Queue[object] = asyncio.Queue(maxsize=1024)
-
-    def on_event(self, event: object) -> None:
-        self.events.put_nowait(event)
-
-    async def next(self, kind: type[Any]) -> Any:
-        while True:
-            event = await asyncio.wait_for(self.events.get(), PEER_TIMEOUT)
-            if isinstance(event, SessionFailed):
-                raise LocalError(f"session failed: {event.reason} ({event.code.name})")
-            if isinstance(event, kind):
-                return event
-
-
-async def _peer(args: argparse.Namespace) -> int:
-    device = PHONE if args.name == PHONE.name else INTERCOM
-    peer = _Peer(args.state, device)
-    adapter = await open_datagram(peer.core, ("127.0.0.1", 0), peer.on_event)
-    try:
-        if args.peer == "listen":
-            await _listen(peer, adapter)
+        if args.keep:
+            timeline.say("demo", f"kept the state folder {folder}")
         else:
-            await _call(peer, adapter, args.target, args.message)
-    except (EdgeError, TimeoutError) as exc:
-        print(f"error: {exc or 'timed out'}", flush=True)
-        return 1
-    finally:
-        adapter.close()
+            shutil.rmtree(folder, ignore_errors=True)
+    timeline.say("demo", "done: both devices online, the intercom found the phone and its")
+    timeline.say("demo", "message was delivered end to end; everything stopped cleanly")
+    timeline.say("demo", "coming later: calls between the two devices, with audio played")
+    timeline.say("demo", "from and recorded to files")
     return 0
 
 
-async def _listen(peer: _Peer, adapter: Any) -> None:
-    print(f"LISTENING {adapter.local_address[1]}", flush=True)
-    print(f"listening on UDP 127.0.0.1:{adapter.local_address[1]}", flush=True)
-    up: SessionEstablished = await peer.next(SessionEstablished)
-    _say_established(up)
-    got: MessageReceived = await peer.next(MessageReceived)
-    body = got.message.body
-    print(f"message #{body.sequence} from {body.sender}: {body.text!r}", flush=True)
-    peer.core.send(
-        got.index,
-        MsgType.MESSAGE_RECEIPT,
-        {"message_id": body.message_id, "status": ReceiptStatus.DELIVERED},
-    )
-    adapter.poke()
-    print("sent an encrypted delivery receipt", flush=True)
+class Timeline:
+    """Prints who says what, and when, counted from the start of the demo."""
+
+    def __init__(self, *, verbose: bool) -> None:
+        self.verbose = verbose
+        self._start = time.monotonic()
+
+    def say(self, who: str, text: str) -> None:
+        elapsed = round((time.monotonic() - self._start) * 1000)
+        print(f"[{elapsed:5d} ms] [{who:>8}] {text}", flush=True)
+
+    def relay(self, who: str, line: str) -> None:
+        """One of a daemon's own log lines; shown with ``--verbose`` only."""
+        if self.verbose:
+            print(f"{'':10} [{who:>8}] {line}", flush=True)
 
 
-async def _call(peer: _Peer, adapter: Any, target: str, text: str) -> None:
-    host, _, port = target.rpartition(":")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    print(f"starting a Noise XX handshake with {target}", flush=True)
-    peer.core.connect((host, int(port)), loop.time(), expect_user=INTERCOM.user_id)
-    adapter.poke()
-    up: SessionEstablished = await peer.next(SessionEstablished)
-    _say_established(up, took=loop.time() - started)
-    message_id = secrets.token_bytes(16)
-    sent_at = loop.time()
-    peer.core.send(
-        up.index,
-        MsgType.INSTANT_MESSAGE,
-        {
-            "message_id": message_id,
-            "sender": PHONE.user_id,
-            "recipient": INTERCOM.user_id,
-            "sequence": 1,
-            "sent_ms": int(time.time() * 1000),
-            "text": text,
-        },
-    )
-    adapter.poke()
-    print(f"sent message #1, encrypted end to end: {text!r}", flush=True)
-    got: MessageReceived = await peer.next(MessageReceived)
-    status = ReceiptStatus(got.message.body.status).name
-    rtt = (loop.time() - sent_at) * 1000
-    print(f"receipt: {status} (round trip {rtt:.1f} ms)", flush=True)
+class TimelineHandler(logging.Handler):
+    """Shows an in-process server's log records as :meth:`Timeline.relay` shows a daemon's."""
+
+    def __init__(self, who: str, timeline: Timeline) -> None:
+        super().__init__()
+        self.setFormatter(LineFormatter())
+        self.who = who
+        self.timeline = timeline
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.timeline.relay(self.who, self.format(record))
 
 
-def _say_established(up: SessionEstablished, took: float | None = None) -> None:
-    timing = f" in {took * 1000:.1f} ms" if took is not None else ""
-    peer = up.certified_peer
-    print(
-        f"handshake complete{timing}: peer is {peer.user_id}/{peer.device_id} at "
-        f"{up.address[0]}:{up.address[1]}, certificate serial {peer.serial} verified "
-        f"(issuer {peer.issuer_key_id.hex()}, key bound to the Noise static key)",
-        flush=True,
-    )
+@dataclass(frozen=True)
+class Login:
+    store: Store
+    address: Address
+    keys: ServerKeys
+
+
+# -- the story ---------------------------------------------------------------------------
+
+
+class Demo:
+    """One run: the state folder, the timeline, and what must be stopped at the end."""
+
+    def __init__(self, folder: Path, timeline: Timeline, stack: AsyncExitStack) -> None:
+        self.folder = folder
+        self.say = timeline.say
+        self.timeline = timeline
+        self.stack = stack
+        self.supernodes: dict[str, Address] = {}
+        """Each supernode's name and UDP address, in the order they started."""
+        self.daemons: dict[str, Daemon] = {}
+
+    async def run(self, message: str) -> None:
+        login = await self.start_login()
+        for device in (PHONE, INTERCOM):
+            await self.create_account(login, device)
+        await self.start_supernode("super-1", login)
+        await self.start_supernode("super-2", login, bootstrap="super-1")
+        agents = {
+            PHONE: await self.spawn_agent(PHONE, login, "super-1"),
+            INTERCOM: await self.spawn_agent(INTERCOM, login, "super-2"),
+        }
+        for device, daemon in agents.items():
+            await self.until_online(device, daemon)
+        await self.search_and_send(message)
+        await self.show_supernodes()
+        self.say("demo", "SIGTERM to the agents, then to the supernodes")
+        await self.stop(list(agents.values()))
+        await self.stop([self.daemons[name] for name in self.supernodes])
+
+    # -- the login server and the accounts
+
+    async def start_login(self) -> Login:
+        config = LoginConfig(
+            listen=(("127.0.0.1", 0),), state_dir=self.folder / "login", password_cost=DEMO_COST
+        )
+        store = await asyncio.to_thread(open_configured_store, config)
+        self.stack.push_async_callback(asyncio.to_thread, store.close)
+        keys = server_keys(config.state_dir)
+        server = LoginServer(config, store, keys)
+        (address,) = await server.start()
+        self.stack.push_async_callback(server.stop, 1.0)
+        self.say("login", f"login server on TCP {_show(address)}, its database in login/")
+        self.say("login", f"devices pin its Noise key {keys.noise.dh_public.hex()[:16]}...")
+        self.say("login", f"its issuer {keys.issuer.key_id.hex()} signs every certificate")
+        return Login(store, address, keys)
+
+    async def create_account(self, login: Login, device: Device) -> None:
+        password = secrets.token_urlsafe(12)
+        hashed = Passwords(DEMO_COST).hash(password)
+        await asyncio.to_thread(login.store.add_user, device.user_id, hashed, int(time.time()))
+        write_atomic(self.folder / f"{device.name}.password", password.encode(), 0o600)
+        self.say("login", f"account {device.user_id!r} created, password in {device.name}.password")
+
+    # -- supernodes
+
+    async def start_supernode(self, name: str, login: Login, bootstrap: str = "") -> None:
+        self._certify_supernode(name, login)
+        self._write_config(
+            name,
+            supernode={
+                "host": "127.0.0.1",
+                "tcp_ports": [],
+                "state_dir": name,
+                "control_socket": f"{name}.sock",
+                "shutdown_grace_seconds": 1,
+            },
+            overlay={
+                "certificate": f"{name}/supernode.cert",
+                "issuer_key": login.keys.issuer.public.hex(),
+                "address": "127.0.0.1",
+                "bootstrap": [_show(self.supernodes[bootstrap])] if bootstrap else [],
+                "login_servers": [_show(login.address)],
+            },
+        )
+        daemon = await self.spawn(name, "supernode")
+        await daemon.expect("notify", "READY=1", "started")
+        if bootstrap:
+            await daemon.expect("log", "joined the overlay", "joined the overlay")
+        status = await self.status(name)
+        host, _, port = str(status["udp"]).rpartition(":")
+        self.supernodes[name] = (host, int(port))
+        self.say(name, f"ready on UDP and TCP {status['udp']} ({status['port_note']})")
+        if bootstrap:
+            known = status["overlay"]["contacts"]
+            if not known:
+                raise DemoFailed(f"{name} joined the overlay but met no other supernode")
+            self.say(name, f"joined the overlay through {bootstrap}: knows {known} supernode(s)")
+
+    def _certify_supernode(self, name: str, login: Login) -> None:
+        keys = supernode_keys(self.folder / name)
+        now = int(time.time())
+        certificate = issue(
+            login.keys.issuer, serial=secrets.randbits(63), user_id=name, device_id="supernode",
+            sign_key=keys.sign_public, dh_key=keys.dh_public,
+            not_before=now - 60, not_after=now + CERTIFICATE_HOURS * 3600,
+        )  # fmt: skip
+        write_atomic(self.folder / name / "supernode.cert", certificate, 0o644)
+        self.say("login", f"issued {name}'s certificate over its keys in {name}/")
+
+    async def show_supernodes(self) -> None:
+        """What each supernode holds and carried, asked of all at once."""
+        names = list(self.supernodes)
+        statuses = await asyncio.gather(*(self.ctl(name, "status") for name in names))
+        for name, status in zip(names, statuses, strict=True):
+            overlay = status["overlay"]
+            carried = overlay["presence"].get("forward", 0)
+            self.say(
+                name,
+                f"{overlay['devices']} device(s) attached, {overlay['records']} presence"
+                f" record(s) held; passed on {carried} datagram(s) of the devices' session,"
+                " unread",
+            )
+
+    # -- agents
+
+    async def spawn_agent(self, device: Device, login: Login, supernode: str) -> "Daemon":
+        self._write_config(
+            device.name,
+            account={
+                "user_id": device.user_id,
+                "device_id": device.device_id,
+                "password_file": f"{device.name}.password",
+            },
+            login={
+                "address": _show(login.address),
+                "server_key": login.keys.noise.dh_public.hex(),
+                "issuer_key": login.keys.issuer.public.hex(),
+            },
+            supernodes={"bootstrap": [_show(self.supernodes[supernode])]},
+            state={"dir": device.name, "control_socket": f"{device.name}.sock"},
+        )
+        return await self.spawn(device.name, "agent")
+
+    async def until_online(self, device: Device, daemon: "Daemon") -> None:
+        await daemon.expect("notify", "READY=1", "started")
+        tbs = parse_certificate((self.folder / device.name / CERT_FILE).read_bytes()).tbs
+        self.say(
+            device.name,
+            f"enrolled with its password: certificate {tbs.serial} for "
+            f"{tbs.user_id}/{tbs.device_id}, kept in {device.name}/{CERT_FILE}",
+        )
+        status = await daemon.expect("notify", "STATUS=online via ", "come online")
+        self.say(device.name, self._named(status.removeprefix("STATUS=")))
+
+    # -- what the devices do
+
+    async def search_and_send(self, message: str) -> None:
+        found = (await self.ctl(INTERCOM.name, "search", PHONE.user_id))["devices"]
+        for device in found:
+            state = "online" if device["online"] else "last seen"
+            self.say(
+                INTERCOM.name,
+                f"found {PHONE.user_id}/{device['device']}, {state} at supernode "
+                + self._named(device["supernode"])
+                + f", candidates: {', '.join(device['candidates'])}",
+            )
+        if not any(device["online"] for device in found):
+            raise DemoFailed(f"the intercom found no device of {PHONE.user_id!r} online")
+        sent = await self.ctl(INTERCOM.name, "send", PHONE.user_id, message)
+        if not sent["delivered_to"]:
+            raise DemoFailed(f"the intercom's message reached none of {sent['devices']} device(s)")
+        delivered = ", ".join(sent["delivered_to"])
+        self.say(INTERCOM.name, f"delivered to {delivered}: encrypted end to end, receipt back")
+        inbox = (await self.ctl(PHONE.name, "messages"))["messages"]
+        for got in inbox:
+            self.say(PHONE.name, f"inbox: from {got['from']}: {got['text']!r}")
+        if not any(got["text"] == message for got in inbox):
+            raise DemoFailed("the message is not in the phone's inbox")
+
+    # -- running the daemons
+
+    async def spawn(self, name: str, role: str) -> "Daemon":
+        """Start ``edge ROLE --config NAME.toml`` in the state folder, notifying NAME.notify."""
+        argv = [role, "--config", f"{name}.toml"]
+        self.say("demo", f"$ edge {shlex.join(argv)}")
+        daemon = await Daemon.start(name, self.folder, self.timeline, *argv)
+        self.stack.push_async_callback(daemon.close)
+        self.daemons[name] = daemon
+        return daemon
+
+    async def stop(self, daemons: list["Daemon"]) -> None:
+        codes = await asyncio.gather(*(daemon.stop() for daemon in daemons))
+        for daemon, code in zip(daemons, codes, strict=True):
+            if code != 0:
+                raise DemoFailed(f"{daemon.name} exited with status {code}{daemon.last_words()}")
+            self.say(daemon.name, "stopped, exit status 0")
+
+    async def status(self, name: str) -> JsonObject:
+        """A daemon's ``status``, asked in-process (plumbing, not part of the story)."""
+        answer = await control_request(self.folder / f"{name}.sock", "status", timeout=STEP_TIMEOUT)
+        if not answer["ok"]:
+            raise DemoFailed(f"{name} refused its status: {answer['error']['message']}")
+        result: JsonObject = answer["result"]
+        return result
+
+    async def ctl(self, who: str, *words: str) -> JsonObject:
+        """Run ``edge ctl --socket WHO.sock WORDS`` as a user would; its JSON result."""
+        argv = ["edge", "ctl", "--socket", f"{who}.sock", *words]
+        command = shlex.join(argv)
+        self.say(who, f"$ {command}")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", *argv, cwd=self.folder,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                out, err = await process.communicate()
+        except TimeoutError:
+            raise DemoFailed(f"`{command}` had no answer after {STEP_TIMEOUT:.0f} s") from None
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        answer = _json_object(out)
+        if process.returncode != 0 or answer is None:
+            why = answer.get("error", {}).get("message") if answer else err.decode().strip()
+            raise DemoFailed(f"`{command}` failed (exit status {process.returncode}): {why}")
+        return answer
+
+    def _write_config(self, name: str, **sections: dict[str, Any]) -> None:
+        lines = []
+        for section, keys in sections.items():
+            lines.append(f"[{section}]")
+            # JSON strings, numbers and arrays of them are valid TOML as they are.
+            lines.extend(f"{key} = {json.dumps(value)}" for key, value in keys.items())
+            lines.append("")
+        write_atomic(self.folder / f"{name}.toml", "\n".join(lines).encode(), 0o600)
+
+    def _named(self, text: str) -> str:
+        """``text`` with the supernode it names, by name."""
+        for name, address in self.supernodes.items():
+            if _show(address) in text:
+                return f"{text} ({name})"
+        return text
+
+
+# -- one daemon, as a service manager sees it ---------------------------------------------
+
+
+class Daemon:
+    """An ``edge`` daemon started as systemd starts one, with a NOTIFY_SOCKET of its own.
+
+    What it notifies and what it logs (its stderr) are read as they come;
+    :meth:`expect` waits for the next that says something, and fails at once,
+    with the daemon's last log line, if the daemon exits first.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        process: asyncio.subprocess.Process,
+        listener: socket.socket,
+        timeline: Timeline,
+    ) -> None:
+        self.name = name
+        self.process = process
+        self._listener = listener
+        self._timeline = timeline
+        self._tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self._heard: dict[str, asyncio.Queue[str | None]] = {
+            "notify": asyncio.Queue(),
+            "log": asyncio.Queue(),
+        }
+        self._notices = asyncio.create_task(self._read_notices())
+        self._log = asyncio.create_task(self._read_log())
+
+    @classmethod
+    async def start(cls, name: str, folder: Path, timeline: Timeline, *argv: str) -> "Daemon":
+        path = folder / f"{name}.notify"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(str(path))
+            listener.setblocking(False)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edge", *argv, cwd=folder,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, limit=1 << 20,
+                env={**os.environ, "NOTIFY_SOCKET": str(path)},
+            )  # fmt: skip
+        except BaseException:
+            listener.close()
+            raise
+        return cls(name, process, listener, timeline)
+
+    async def expect(self, kind: str, text: str, what: str) -> str:
+        """The next line of ``kind`` ("notify" or "log") that holds ``text``; ``what``
+        the daemon has then done, for the error when that line does not come."""
+        queue = self._heard[kind]
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                while (line := await queue.get()) is not None:
+                    if text in line:
+                        return line
+                queue.put_nowait(None)
+                code = await self.process.wait()
+        except TimeoutError:
+            raise DemoFailed(
+                f"{self.name} has not {what} after {STEP_TIMEOUT:.0f} s{self.last_words()}"
+            ) from None
+        raise DemoFailed(
+            f"{self.name} exited with status {code} before it {what}{self.last_words()}"
+        )
+
+    async def stop(self) -> int:
+        """SIGTERM, as a service manager stops a service; its exit status."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                code = await self.process.wait()
+                await self._log
+        except TimeoutError:
+            raise DemoFailed(f"{self.name} did not stop after {STEP_TIMEOUT:.0f} s") from None
+        return code
+
+    async def close(self) -> None:
+        """Kill it if it still runs (the demo failed) and let go of its socket."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+        for task in (self._notices, self._log):
+            task.cancel()
+        await asyncio.gather(self._notices, self._log, return_exceptions=True)
+        self._listener.close()
+
+    def last_words(self) -> str:
+        return f" (its last log line: {self._tail[-1]})" if self._tail else ""
+
+    async def _read_notices(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            datagram = await loop.sock_recv(self._listener, notify.MAX_STATE_BYTES)
+            for line in datagram.decode("utf-8", "replace").splitlines():
+                self._heard["notify"].put_nowait(line)
+
+    async def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._tail.append(line)
+            self._timeline.relay(self.name, line)
+            self._heard["log"].put_nowait(line)
+        for queue in self._heard.values():
+            queue.put_nowait(None)
+
+
+def _json_object(data: bytes) -> JsonObject | None:
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _show(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"

@@ -2,7 +2,6 @@
 
 import argparse
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,47 @@ def read_password(config: AgentConfig) -> str | None:
 async def serve(config: AgentConfig) -> int:
     agent = Agent(config, password=read_password(config))
     await agent.start()
-    watchdog = asyncio.create_task(notify.keep_watchdog())
+    helpers = [
+        asyncio.create_task(notify.keep_watchdog()),
+        asyncio.create_task(report_where(agent)),
+    ]
     try:
         notify.ready()
         await asyncio.Event().wait()
     finally:
         notify.stopping()
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         await asyncio.shield(agent.stop())
     return 0
+
+
+async def report_where(agent: Agent) -> None:
+    """Keep the service manager's status line saying where the agent is online.
+
+    ``STATUS=online via HOST:PORT over TRANSPORT`` once it is attached with its
+    presence stored, and again each time that changes (``STATUS=offline: ...``
+    while it looks for a supernode). ``systemctl status`` shows it; ``edge demo``
+    waits for it.
+    """
+    told: str | None = None
+    while True:
+        told = await _where_next(agent, told)
+        if told is not None:
+            notify.status(f"online via {told}")
+        else:
+            notify.status(f"offline: {agent.last_error or 'looking for a supernode'}")
+
+
+async def _where_next(agent: Agent, told: str | None) -> str | None:
+    """Where the agent is online (None: nowhere) once that differs from ``told``."""
+    await agent.wait_for(lambda: _where(agent) != told)
+    return _where(agent)
+
+
+def _where(agent: Agent) -> str | None:
+    link = agent.link
+    if not agent.online.is_set() or link is None:
+        return None
+    return link.where
