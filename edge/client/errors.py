@@ -82,3 +82,20 @@ class PeerUnreachable(RemoteError):
     """Another user's device could not be reached: not online, or it did not answer."""
 
     code = ErrorCode.NOT_FOUND
+
+
+# -- calls (edge.client.call) -------------------------------------------------------
+
+
+class CallMisuse(LocalError):
+    """A call core was used wrongly: an action its state does not allow (answer() when
+    not ringing), a message of another call, or a configuration that contradicts itself."""
+
+
+class CheckRefused(RemoteError):
+    """A connectivity check (STUN Binding) cannot be accepted; ``status`` is the STUN
+    error to answer: 400 malformed, 401 wrong credentials, 487 role conflict."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, code=ErrorCode.BAD_MAC if status == 401 else ErrorCode.MALFORMED)
+        self.status = status

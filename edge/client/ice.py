@@ -6,7 +6,7 @@ devices exchange theirs in CALL_INVITE and CALL_ACCEPT. Each side then pairs
 its candidates with the other's and checks the pairs best first. This module
 is the arithmetic of that: priorities (§5.1.2), foundations (§5.1.1.3), pairs
 and their order (§6.1.2.3), pruning (§6.1.2.4), and which of our path kinds a
-pair is — the words ``edge ctl status`` shows:
+pair is (the table :data:`PATH_KINDS`) — the words ``edge ctl status`` shows:
 
 * ``direct-udp``: UDP between two host candidates (same network, or both public);
 * ``punched-udp``: UDP where a side is known by its reflexive address (a NAT);
@@ -20,6 +20,7 @@ so a device behind a firewall that drops UDP falls to TCP only when UDP fails.
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from enum import Enum
 
 from edge.errors import LocalError
 from edge.sansio import Address
@@ -153,14 +154,55 @@ def _as_host(reflexive: Candidate) -> Candidate:
     return candidate(CandidateKind.HOST, reflexive.transport, reflexive.base)
 
 
+class Role(Enum):
+    """What a candidate's kind says about the path: a host address, an address a
+    NAT made (server- or peer-reflexive), or a TURN relay."""
+
+    HOST = "host"
+    REFLEXIVE = "reflexive"
+    RELAY = "relay"
+
+
+ROLES = {
+    CandidateKind.HOST: Role.HOST,
+    CandidateKind.SERVER_REFLEXIVE: Role.REFLEXIVE,
+    CandidateKind.PEER_REFLEXIVE: Role.REFLEXIVE,
+    CandidateKind.RELAY: Role.RELAY,
+}
+
+_UDP, _TCP = Transport.UDP, Transport.TCP
+_HOST, _NAT, _RELAY = Role.HOST, Role.REFLEXIVE, Role.RELAY
+
+PATH_KINDS: dict[tuple[Transport, Role, Role], PathKind] = {
+    # (transport, our end, their end): the path kind.
+    (_UDP, _HOST, _HOST): PathKind.DIRECT_UDP,  # same network, or both public
+    (_UDP, _HOST, _NAT): PathKind.PUNCHED_UDP,
+    (_UDP, _NAT, _HOST): PathKind.PUNCHED_UDP,
+    (_UDP, _NAT, _NAT): PathKind.PUNCHED_UDP,
+    (_UDP, _HOST, _RELAY): PathKind.RELAY_UDP,
+    (_UDP, _NAT, _RELAY): PathKind.RELAY_UDP,
+    (_UDP, _RELAY, _HOST): PathKind.RELAY_UDP,
+    (_UDP, _RELAY, _NAT): PathKind.RELAY_UDP,
+    (_UDP, _RELAY, _RELAY): PathKind.RELAY_UDP,
+    # TCP is not punched here: without a relay it is direct, whatever the kinds.
+    (_TCP, _HOST, _HOST): PathKind.DIRECT_TCP,
+    (_TCP, _HOST, _NAT): PathKind.DIRECT_TCP,
+    (_TCP, _NAT, _HOST): PathKind.DIRECT_TCP,
+    (_TCP, _NAT, _NAT): PathKind.DIRECT_TCP,
+    # A relayed candidate's transport is the one its TURN client speaks to the relay.
+    (_TCP, _HOST, _RELAY): PathKind.RELAY_TCP,
+    (_TCP, _NAT, _RELAY): PathKind.RELAY_TCP,
+    (_TCP, _RELAY, _HOST): PathKind.RELAY_TCP,
+    (_TCP, _RELAY, _NAT): PathKind.RELAY_TCP,
+    (_TCP, _RELAY, _RELAY): PathKind.RELAY_TCP,
+}
+"""Every pair of candidate roles on each transport, and the path kind it makes."""
+
+
 def path_kind(local: Candidate, remote: Candidate) -> PathKind:
-    """Which of our path kinds a working pair is."""
-    relayed = CandidateKind.RELAY in (local.kind, remote.kind)
-    if local.transport is Transport.TCP:
-        return PathKind.RELAY_TCP if relayed else PathKind.DIRECT_TCP
-    if relayed:
-        return PathKind.RELAY_UDP
-    reflexive = (CandidateKind.SERVER_REFLEXIVE, CandidateKind.PEER_REFLEXIVE)
-    if local.kind in reflexive or remote.kind in reflexive:
-        return PathKind.PUNCHED_UDP
-    return PathKind.DIRECT_UDP
+    """Which of our path kinds a working pair is: a row of :data:`PATH_KINDS`.
+
+    A pair's two candidates share a transport (see :func:`pairs`); the local
+    one's is taken.
+    """
+    return PATH_KINDS[local.transport, ROLES[local.kind], ROLES[remote.kind]]
