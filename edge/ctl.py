@@ -34,6 +34,9 @@ COMMANDS: Final[dict[str, tuple[str, ...]]] = {
     "search": ("user",),
     "send": ("user", "text"),
     "messages": (),
+    "call": ("user",),
+    "answer": (),
+    "hangup": (),
 }
 """Each command the daemons serve, with the names of its positional arguments."""
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -243,3 +243,61 @@ def test_a_message_goes_end_to_end_between_agents_on_two_supernodes(tmp_path: Pa
             assert nobody["ok"] is False and nobody["error"]["code"] == "NOT_FOUND"
 
     run_uv(main())
+
+
+def test_a_call_between_agents_finds_its_own_path_carries_media_and_hangs_up(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            first = await net.supernode()
+            assert first.bound is not None
+            second = await net.supernode(bootstrap=(first.bound.udp,))
+            assert second.bound is not None
+            alice_config = net.agent_config("alice", [first.bound.udp])
+            bob_config = replace(
+                net.agent_config("bob", [second.bound.udp]), auto_answer=frozenset({"alice"})
+            )
+            alice = await net.agent(alice_config)
+            bob = await net.agent(bob_config)
+            placed = await request(alice_config.control_socket, "call", {"user": "bob"})
+            assert placed["ok"], placed
+            assert alice.calls is not None and bob.calls is not None
+            # Both ends go active on a path of their own: loopback host to host.
+            await asyncio.wait_for(_until_active(alice), TIMEOUT)
+            await asyncio.wait_for(_until_active(bob), TIMEOUT)
+            await asyncio.wait_for(_until_frames(alice, 10), TIMEOUT)
+            await asyncio.wait_for(_until_frames(bob, 10), TIMEOUT)
+            status = (await request(alice_config.control_socket, "status"))["result"]
+            (call,) = status["calls"]
+            assert (call["peer"], call["state"], call["path"]) == ("bob", "active", "direct-udp")
+            forwarded = first.clients.counts["forward"] if first.clients else 0
+            await asyncio.wait_for(_until_frames(alice, 30), TIMEOUT)
+            # Media goes on the call's own path, not through the supernodes.
+            assert first.clients is not None and first.clients.counts["forward"] == forwarded
+            hung = await request(bob_config.control_socket, "hangup")
+            assert hung["ok"], hung
+            await asyncio.wait_for(_until_ended(alice), TIMEOUT)
+            ended = (await request(alice_config.control_socket, "status"))["result"]["calls"]
+            assert ended[0]["state"] == "ended" and ended[0]["reason"] == "hang-up"
+
+    run_uv(main())
+
+
+async def _until_active(agent: Agent) -> None:
+    assert agent.calls is not None
+    await agent.calls.wait_for(lambda: any(c["state"] == "active" for c in _calls(agent)))
+
+
+async def _until_ended(agent: Agent) -> None:
+    assert agent.calls is not None
+    await agent.calls.wait_for(lambda: all(c["state"] == "ended" for c in _calls(agent)))
+
+
+async def _until_frames(agent: Agent, n: int) -> None:
+    assert agent.calls is not None
+    await agent.calls.wait_for(lambda: any(c["frames_received"] >= n for c in _calls(agent)))
+
+
+def _calls(agent: Agent) -> list[dict[str, Any]]:
+    return agent.calls.status() if agent.calls is not None else []

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.client import hostcache
+from edge.client.call import Call, CallManager
+from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
 from edge.client.errors import PeerUnreachable, UplinkFailed
 from edge.client.login import Credentials, login
@@ -122,6 +124,7 @@ class Agent:
         self._alternatives: list[Address] = []
         self._task: asyncio.Task[None] | None = None
         self.peers: Peers | None = None
+        self.calls: CallDriver | None = None
         self.inbox: deque[JsonObject] = deque(maxlen=MAX_INBOX)
         """The latest messages received, newest last, for ``edge ctl messages``."""
         self._receipts: dict[bytes, asyncio.Future[int]] = {}
@@ -133,6 +136,9 @@ class Agent:
                 "search": self.search,
                 "send": self.send_text,
                 "messages": self.messages,
+                "call": self.call,
+                "answer": self.answer,
+                "hangup": self.hangup,
             },
         )
 
@@ -214,6 +220,10 @@ class Agent:
         self.peers = Peers(self._core, adapter, self.trust)
         self.peers.on_message = self._peer_message
         self._core.forward = self._forward_signal
+        manager = CallManager(self.config.user_id, auto_answer=self.config.auto_answer)
+        self.calls = CallDriver(manager, self.peers, self._core, adapter.poke)
+        self.peers.on_media = self.calls.on_media
+        self._core.checks = self.calls.on_stun
         _log.info("port %d: %s", self.port.port, self.port.note)
 
     def _on_event(self, event: object) -> None:
@@ -302,12 +312,16 @@ class Agent:
     # -- 4. presence
 
     async def _publish(self, link: Link) -> None:
+        candidates = self._candidates(link)
+        if self.calls is not None:
+            reflexive = self.nat.reflexive if self.nat is not None else None
+            self.calls.gather(candidates[0].address, reflexive)
         record = make_presence(
             self.keys,
             self.certificate,
             supernode=link.supernode,
             supernode_key=link.supernode_key,
-            candidates=self._candidates(link),
+            candidates=candidates,
             seq=(seq := next_sequence(self.presence.seq, time.time())),
             now=time.time(),
         )
@@ -360,6 +374,10 @@ class Agent:
         link.send(MsgType.SIGNAL_FORWARD, {"to_user": user, "to_device": device, "payload": data})
 
     def _peer_message(self, peer: tuple[str, str], message: Message) -> None:
+        assert self.peers is not None and self.calls is not None
+        index = self.peers.session_of(peer)
+        if index is not None and self.calls.on_signal(index, message):
+            return
         body = message.body
         if message.type is MsgType.INSTANT_MESSAGE:
             self.inbox.append(
@@ -427,6 +445,31 @@ class Agent:
     def messages(self, args: Any) -> JsonObject:
         return {"messages": list(self.inbox)}
 
+    async def call(self, args: Mapping[str, Any]) -> JsonObject:
+        """Call ``args["user"]``: its first online device, through a session of its own."""
+        user = str(args.get("user", ""))
+        link = self._online_link()
+        assert self.peers is not None and self.calls is not None
+        devices = [f for f in await self.peers.find(link, user) if f.online]
+        if not devices:
+            raise PeerUnreachable(f"{user} has no device online")
+        session = await self.peers.session(devices[0].user, devices[0].device)
+        call_id = self.calls.place(user, session)
+        return {"call": call_id.hex(), "device": f"{devices[0].user}/{devices[0].device}"}
+
+    def answer(self, args: Any) -> JsonObject:
+        return self._act_on_call(lambda call, now: call.answer(now))
+
+    def hangup(self, args: Any) -> JsonObject:
+        return self._act_on_call(lambda call, now: call.hangup(now))
+
+    def _act_on_call(self, do: Callable[[Call, float], None]) -> JsonObject:
+        if self.calls is None:
+            raise PeerUnreachable("this device is not running yet")
+        now = asyncio.get_running_loop().time()
+        call_id = self.calls.act(None, lambda call: do(call, now))
+        return {"call": call_id.hex()}
+
     # -- ctl
 
     def status(self, args: Any) -> JsonObject:
@@ -456,6 +499,7 @@ class Agent:
             },
             "certificate_expires": _not_after(self.certificate),
             "peers": self.peers.count if self.peers else 0,
+            "calls": self.calls.status() if self.calls else [],
             "last_error": self.last_error,
         }  # fmt: skip
 

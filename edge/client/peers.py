@@ -30,7 +30,12 @@ from edge.errors import RemoteError
 from edge.overlay.ids import id_to_bytes, key_for_user
 from edge.overlay.presence import VerifiedPresence, verify_presence
 from edge.runtime.adapters import DatagramAdapter
-from edge.session.events import MessageReceived, SessionEstablished, SessionFailed
+from edge.session.events import (
+    MediaReceived,
+    MessageReceived,
+    SessionEstablished,
+    SessionFailed,
+)
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import Message
 
@@ -58,6 +63,7 @@ class Peers:
         self.adapter = adapter
         self.trust = trust
         self.on_message: Callable[[Device, Message], None] = lambda peer, message: None
+        self.on_media: Callable[[MediaReceived], None] = lambda event: None
         self._by_peer: dict[Device, int] = {}
         self._by_index: dict[int, Device] = {}
         self._waiting: dict[int, asyncio.Future[None]] = {}
@@ -139,6 +145,8 @@ class Peers:
                 waiter.set_exception(PeerUnreachable(f"{peer[0]}/{peer[1]}: {event.reason}"))
         elif isinstance(event, MessageReceived):
             self.on_message(peer, event.message)
+        elif isinstance(event, MediaReceived):
+            self.on_media(event)
         return True
 
     def _established(self, event: SessionEstablished) -> bool:

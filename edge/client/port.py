@@ -7,7 +7,8 @@ with its supernode and, later, with the peers it calls. STUN (first byte 0
 to 3, RFC 7983) goes to the STUN core running at the time, such as the
 connectivity self-test (:class:`~edge.stun.nat.ConnectivityTest`), which must
 run from this very socket: the mapping its NAT gives port P is what peers
-will see. Anything else is refused (the adapter counts it).
+will see; the calls' connectivity checks and their answers are offered to
+:attr:`PortCore.checks` first. Anything else is refused (the adapter counts it).
 
 Before two devices have a path of their own, their session travels through
 their supernodes. Such a session's address is a *signalling address*,
@@ -18,6 +19,7 @@ its keys and its index stay the same when the call later moves it to a
 direct path.
 """
 
+from collections import deque
 from collections.abc import Callable
 
 from edge.sansio import Address, DatagramCore
@@ -55,11 +57,20 @@ class PortCore:
         """Where datagrams for a signalling address go: ``forward(data, user, device)``."""
         self.stun: DatagramCore | None = None
         """The STUN core now running from this port, if any."""
+        self.checks: Callable[[bytes, Address, float], bool] = lambda data, addr, now: False
+        """Offered every STUN message first: the calls' connectivity checks and their
+        answers (True: it was one of theirs)."""
+        self.raw_out: deque[tuple[bytes, Address]] = deque()
+        """STUN the calls send from this port (checks, and answers to the peer's)."""
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if data[:1] == b"\xed":
             self.endpoint.receive_datagram(data, addr, now)
-        elif self.stun is not None and classify(data) is Kind.STUN:
+        elif classify(data) is not Kind.STUN:
+            raise NotForThisPort(f"{len(data)} bytes from {addr} are neither edge nor STUN")
+        elif self.checks(data, addr, now):
+            return
+        elif self.stun is not None:
             self.stun.receive_datagram(data, addr, now)
         else:
             raise NotForThisPort(f"{len(data)} bytes from {addr} belong to nothing on this port")
@@ -74,6 +85,8 @@ class PortCore:
                 self.forward(data, *peer)
         if self.stun is not None:
             out += self.stun.datagrams_to_send(now)
+        out += self.raw_out
+        self.raw_out.clear()
         return out
 
     def get_timer(self) -> float | None:

@@ -1,0 +1,318 @@
+"""The agent's calls on its sockets: the call cores driven over port P and peer sessions.
+
+How it works: :class:`CallDriver` holds the device's
+:class:`~edge.client.call.CallManager` and does for it what its docstring asks
+of an owner:
+
+* signalling (CALL_*, PATH_UPDATE) goes through the end-to-end session with the
+  peer's device (:class:`~edge.client.peers.Peers`), which at first travels
+  through the supernodes; each call remembers its session;
+* connectivity checks are STUN Binding requests with short-term credentials,
+  sent from port P (:attr:`~edge.client.port.PortCore.raw_out`); the answers,
+  and the peer's checks, come back to :meth:`CallDriver.on_stun` through the
+  port's STUN routing (a request is answered by the call whose ufrag opens its
+  USERNAME; a response is matched by transaction id);
+* :class:`~edge.client.call.UsePath` moves the call's session to the pair's
+  remote address (:meth:`~edge.session.datagram.DatagramEndpoint.move`), so
+  media and signalling leave the supernodes for the call's own path; the
+  session, its keys and counters stay the same;
+* media: while a call is ACTIVE a frame goes every 20 ms in the session
+  (:data:`FRAME_INTERVAL`); until the voice pipeline is plugged in, the frame is
+  Opus's three-byte silence, which is also what a muted microphone sends.
+  Frames and keepalives that arrive tell the call its path is alive.
+
+Candidates: the host address towards the supernode at port P and, when the
+self-test found one, the server-reflexive address; relayed candidates come
+with TURN allocations (not yet gathered here).
+"""
+
+import asyncio
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge.client.call import (
+    Call,
+    CallManager,
+    CallState,
+    CallStateChanged,
+    PathChanged,
+    SendCheck,
+    SendSignal,
+    UsePath,
+    parse_check_response,
+)
+from edge.client.errors import CallMisuse, PeerUnreachable
+from edge.client.ice import Pair, candidate
+from edge.client.peers import Peers
+from edge.client.port import PortCore, via_peer
+from edge.errors import RemoteError
+from edge.sansio import Address
+from edge.session.events import MediaReceived
+from edge.stun.attributes import AttrType
+from edge.stun.codec import Class, parse
+from edge.wire.codes import MsgType
+from edge.wire.messages import CandidateKind, Codec, Message, Transport
+
+FRAME_INTERVAL = 0.020
+SILENCE = b"\xf8\xff\xfe"
+"""An Opus frame of silence (SILK 20 ms, DTX): what goes out before audio is wired."""
+MAX_TRANSACTIONS = 1024
+CALL_TYPES = frozenset(
+    {
+        MsgType.CALL_INVITE,
+        MsgType.CALL_RINGING,
+        MsgType.CALL_ACCEPT,
+        MsgType.CALL_REJECT,
+        MsgType.CALL_BYE,
+        MsgType.PATH_UPDATE,
+    }
+)
+
+
+@dataclass
+class _Media:
+    sequence: int = 0
+    sent: int = 0
+    received: int = 0
+
+
+def _direct(action: UsePath) -> bool:
+    """Whether the session itself can go to the pair's remote address (UDP from port P)."""
+    local = action.pair.local
+    return (
+        local.transport is Transport.UDP
+        and local.kind is not CandidateKind.RELAY
+        and via_peer(action.pair.remote.address) is None
+    )
+
+
+class CallDriver:
+    """The calls of one agent; see the module docstring."""
+
+    def __init__(
+        self,
+        manager: CallManager,
+        peers: Peers,
+        core: PortCore,
+        poke: Callable[[], None],
+    ) -> None:
+        self.manager = manager
+        self.peers = peers
+        self.core = core
+        self._poke = poke
+        self._session_of: dict[bytes, int] = {}
+        self._transactions: OrderedDict[bytes, tuple[bytes, Pair]] = OrderedDict()
+        self._media: dict[bytes, _Media] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self.history: list[CallStateChanged] = []
+        self.paths: dict[bytes, PathChanged] = {}
+        self._changes = asyncio.Event()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, checked whenever a call changes state or
+        path, or a frame arrives."""
+        while not condition():
+            await self._changes.wait()
+
+    def _changed(self) -> None:
+        self._changes.set()
+        self._changes = asyncio.Event()
+
+    # -- the user's side
+
+    def gather(self, host: Address, reflexive: Address | None) -> None:
+        """Set the candidates new calls offer."""
+        found = [candidate(CandidateKind.HOST, Transport.UDP, host)]
+        if reflexive is not None and reflexive != host:
+            found.append(candidate(CandidateKind.SERVER_REFLEXIVE, Transport.UDP, reflexive, host))
+        self.manager.candidates = found
+
+    def place(self, user: str, session: int) -> bytes:
+        now = self._now()
+        call = self.manager.place(user, now)
+        self._session_of[call.call_id] = session
+        self.pump()
+        return call.call_id
+
+    def act(self, call_id: bytes | None, do: Callable[[Call], None]) -> bytes:
+        """Run ``do`` on the call named, or on the one call under way."""
+        chosen = call_id or self._current()
+        if chosen not in self.manager.calls:
+            raise CallMisuse("no such call")
+        self.manager.act(chosen, do)
+        self.pump()
+        return chosen
+
+    def _current(self) -> bytes:
+        live = [c.call_id for c in self.manager.calls.values() if not c.is_ended]
+        if not live:
+            raise PeerUnreachable("no call is under way")
+        return live[-1]
+
+    # -- what comes in
+
+    def on_signal(self, session: int, message: Message) -> bool:
+        """A CALL_* or PATH_UPDATE from a peer session; False for any other message."""
+        if message.type not in CALL_TYPES:
+            return False
+        call_id = bytes(message.body.call_id)
+        self._session_of.setdefault(call_id, session)
+        self.manager.receive(message.type, message.body, self._now())
+        self.pump()
+        return True
+
+    def on_media(self, event: MediaReceived) -> None:
+        for call_id, session in self._session_of.items():
+            call = self.manager.calls.get(call_id)
+            if session == event.index and call is not None and call.pair is not None:
+                self._media.setdefault(call_id, _Media()).received += 1
+                call.media_received(call.pair, self._now())
+                self._changed()
+                return
+
+    def on_stun(self, data: bytes, source: Address, now: float) -> bool:
+        """A STUN message on port P: a check from a peer, or the answer to ours."""
+        try:
+            message = parse(data)
+        except RemoteError:
+            return False
+        if message.cls is Class.REQUEST:
+            return self._answer(data, message.get(AttrType.USERNAME), source, now)
+        entry = self._transactions.pop(message.transaction_id, None)
+        if entry is None:
+            return False
+        call = self.manager.calls.get(entry[0])
+        if call is None or call.remote_credentials is None:
+            return True
+        try:
+            answer = parse_check_response(data, remote=call.remote_credentials)
+        except RemoteError:
+            return True
+        call.check_result(entry[1], answer.ok, now)
+        self.manager.act(call.call_id, lambda c: None)
+        self.pump()
+        return True
+
+    def _answer(self, data: bytes, username: object, source: Address, now: float) -> bool:
+        ours = str(username or "").partition(":")[0]
+        call = next((c for c in self.manager.calls.values() if c.credentials.ufrag == ours), None)
+        if call is None or call.is_ended:
+            return False
+        response, request = call.answer_check(data, source)
+        self.core.raw_out.append((response, source))
+        if request is not None:
+            local = call.candidates[0].base if call.candidates else ("0.0.0.0", 0)
+            pair = call.find_pair(local, source, Transport.UDP)
+            if pair is not None:
+                call.check_received(pair, now, use_candidate=request.use_candidate)
+                self.manager.act(call.call_id, lambda c: None)
+        self.pump()
+        return True
+
+    # -- what goes out
+
+    def pump(self) -> None:
+        while (item := self.manager.next_action()) is not None:
+            call_id, action = item
+            self._do(call_id, action)
+        while (event := self.manager.next_event()) is not None:
+            self._note(event)
+        self._arm()
+        self._poke()
+
+    def _do(self, call_id: bytes, action: SendSignal | SendCheck | UsePath) -> None:
+        session = self._session_of.get(call_id)
+        if isinstance(action, SendSignal):
+            if session is not None and self.peers.core.endpoint.is_established(session):
+                self.peers.send(session, action.msg_type, action.body)
+        elif isinstance(action, SendCheck):
+            call = self.manager.calls.get(call_id)
+            if call is None:
+                return
+            transaction = os.urandom(12)
+            self._transactions[transaction] = (call_id, action.pair)
+            while len(self._transactions) > MAX_TRANSACTIONS:
+                self._transactions.popitem(last=False)
+            self.core.raw_out.append(
+                (call.build_check(action, transaction), action.pair.remote.address)
+            )
+        elif session is not None and _direct(action):
+            # The session leaves the supernodes for the call's own path.
+            self.peers.core.endpoint.move(session, action.pair.remote.address)
+
+    def _note(self, event: object) -> None:
+        self._changed()
+        if isinstance(event, CallStateChanged):
+            self.history.append(event)
+            del self.history[:-64]
+            if event.new is CallState.ACTIVE:
+                self._media.setdefault(event.call_id, _Media())
+                self._start_media()
+        elif isinstance(event, PathChanged):
+            self.paths[event.call_id] = event
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self.manager.get_timer()
+        if at is not None:
+            self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.manager.handle_timer(self._now())
+        self.pump()
+
+    # -- media
+
+    def _start_media(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(FRAME_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        self._ticker = None
+        active = [c for c in self.manager.calls.values() if c.state is CallState.ACTIVE]
+        for call in active:
+            session = self._session_of.get(call.call_id)
+            if session is None or not self.peers.core.endpoint.is_established(session):
+                continue
+            media = self._media.setdefault(call.call_id, _Media())
+            media.sequence = (media.sequence + 1) & 0xFFFF
+            self.peers.core.endpoint.send_media(
+                session, stream_id=0, codec=Codec.OPUS, flags=0, sequence=media.sequence,
+                timestamp=(media.sequence * 320) & 0xFFFFFFFF, payload=SILENCE,
+            )  # fmt: skip
+            media.sent += 1
+        if active:
+            self._poke()
+            self._start_media()
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for call in self.manager.calls.values():
+            media = self._media.get(call.call_id, _Media())
+            path = self.paths.get(call.call_id)
+            out.append(
+                {
+                    "id": call.call_id.hex(),
+                    "peer": call.peer,
+                    "state": call.state.name.lower(),
+                    "reason": call.reason.value if call.reason else None,
+                    "path": call.path_kind.name.lower().replace("_", "-")
+                    if call.path_kind
+                    else None,
+                    "rtt_ms": round(path.rtt * 1000, 1) if path and path.rtt else None,
+                    "frames_sent": media.sent,
+                    "frames_received": media.received,
+                }
+            )
+        return out
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
