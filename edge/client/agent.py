@@ -118,6 +118,8 @@ class Agent:
         self._adapter: DatagramAdapter | None = None
         self._ladder: Ladder | None = None
         self._detached = asyncio.Event()
+        self._republish = asyncio.Event()
+        """Set when the device's candidates changed: publish at once, not at the refresh."""
         self.online = asyncio.Event()
         """Set while the device is attached and its presence is stored."""
         self._changes = asyncio.Event()
@@ -263,15 +265,19 @@ class Agent:
         while True:
             closed = asyncio.ensure_future(link.closed.wait())
             detached = asyncio.ensure_future(self._detached.wait())
+            changed = asyncio.ensure_future(self._republish.wait())
             done, pending = await asyncio.wait(
-                {closed, detached}, timeout=REFRESH_EVERY, return_when=asyncio.FIRST_COMPLETED
+                {closed, detached, changed},
+                timeout=REFRESH_EVERY,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             for task in pending:
                 task.cancel()
-            if done:
+            if closed in done or detached in done:
                 link.close()
                 reason = "handed over" if detached in done else link.reason
                 raise UplinkFailed(f"left {link.where}: {reason}")
+            self._republish.clear()
             await self._publish(link)
 
     async def _attach(self) -> Link:
@@ -359,6 +365,8 @@ class Agent:
     def _nat_found(self, report: NatReport) -> None:
         self.nat = report
         self._core.stun = None
+        if report.reflexive is not None:
+            self._republish.set()
         self._changed()
         _log.info(
             "connectivity self-test: %s, reflexive %s", report.classification, report.reflexive

@@ -605,6 +605,7 @@ class Call:
         self._backup_due: float | None = None
         self._attempt = 0
         self._recovering = False
+        self._through_nat: set[Pair] = set()
 
     # -- outputs
 
@@ -620,7 +621,15 @@ class Call:
 
     @property
     def path_kind(self) -> PathKind | None:
-        return self.pair.path_kind if self.pair is not None else None
+        return self._kind_of(self.pair) if self.pair is not None else None
+
+    def _kind_of(self, pair: Pair) -> PathKind:
+        """The pair's kind, counting a NAT of ours that only our checks revealed: a
+        host-to-host pair through it is a punched path, as the peer sees it too."""
+        kind = pair.path_kind
+        if kind is PathKind.DIRECT_UDP and pair in self._through_nat:
+            return PathKind.PUNCHED_UDP
+        return kind
 
     def get_timer(self) -> float | None:
         """When to call :meth:`handle_timer` next; None only when IDLE or ENDED."""
@@ -791,11 +800,17 @@ class Call:
 
     # -- what the sockets saw
 
-    def check_result(self, pair: Pair, ok: bool, now: float) -> None:
+    def check_result(
+        self, pair: Pair, ok: bool, now: float, *, mapped: Address | None = None
+    ) -> None:
         """One of our checks on ``pair`` was answered: ``ok`` for a success, False for
-        an error answer. (No answer at all needs no call: the timer finds it.)"""
+        an error answer. (No answer at all needs no call: the timer finds it.)
+        ``mapped`` is where the peer saw the check come from: another address than our
+        host candidate means a NAT of ours is on the path (a peer-reflexive end)."""
         if not self._known(pair):
             return
+        if ok and mapped is not None and mapped != pair.local.address:
+            self._through_nat.add(pair)
         if ok:
             self._answered(pair, now)
         else:
@@ -965,14 +980,16 @@ class Call:
 
     def _use(self, pair: Pair, now: float, *, announce: bool) -> None:
         self.pair, self._active_since, self._consent_due = pair, now, now
-        self._actions.append(UsePath(pair, pair.path_kind))
-        self._events.append(PathChanged(self.call_id, pair.path_kind, self._live.rtt.get(pair)))
+        self._actions.append(UsePath(pair, self._kind_of(pair)))
+        self._events.append(
+            PathChanged(self.call_id, self._kind_of(pair), self._live.rtt.get(pair))
+        )
         if announce:
             body = {
                 "call_id": self.call_id,
                 "local": candidate_to_wire(pair.local),
                 "remote": candidate_to_wire(pair.remote),
-                "path_kind": pair.path_kind,
+                "path_kind": self._kind_of(pair),
             }
             self._signal(MsgType.PATH_UPDATE, body)
 

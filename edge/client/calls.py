@@ -192,7 +192,7 @@ class CallDriver:
             answer = parse_check_response(data, remote=call.remote_credentials)
         except RemoteError:
             return True
-        call.check_result(entry[1], answer.ok, now)
+        call.check_result(entry[1], answer.ok, now, mapped=answer.mapped)
         self.manager.act(call.call_id, lambda c: None)
         self.pump()
         return True

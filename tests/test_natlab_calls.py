@@ -1,0 +1,243 @@
+"""Calls through real kernel NAT: the login server, two supernodes and agents in the NAT
+lab's namespaces, each a real process; a call between two sites finds the best path
+the pair allows and carries media both ways.
+
+The whole network runs as it would in the field: ``edge login-server`` in ``login``
+(198.18.0.10:443), ``edge supernode`` in ``sn1`` (198.18.0.11:3478, with RFC 5780 on
+198.18.0.12) and ``sn2`` (198.18.0.13:3478), and ``edge agent`` on each site's host,
+40 ms round trip from the home sites to the internet. The test drives them with
+``edge ctl`` through their control sockets, which live in the file system and so
+cross namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.crypto.cert import issue
+from edge.login.cli import open_configured_store, server_keys
+from edge.login.config import LoginConfig
+from edge.login.passwords import Passwords
+from edge.runtime.control import request
+from edge.supernode.service import supernode_keys
+from tests.impair import Impairment
+from tests.natlab import Lab, SiteSpec, lab, unavailable
+from tests.test_login_server import CHEAP
+
+UNAVAILABLE = unavailable()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=str(UNAVAILABLE))
+
+LOGIN = ("198.18.0.10", 443)
+SN1, SN1_ALT, SN2 = "198.18.0.11", "198.18.0.12", "198.18.0.13"
+PORT = 3478
+ONE_WAY = 0.02
+PASSWORD = "correct horse"
+SITES = (
+    SiteSpec("pub1", "public"),
+    SiteSpec("pub2", "public"),
+    SiteSpec("home1", "cone", Impairment(delay=ONE_WAY)),
+    SiteSpec("home2", "cone", Impairment(delay=ONE_WAY)),
+)
+TIMEOUT = 30.0
+
+
+@dataclass
+class Network:
+    lab: Lab
+    tmp: Path
+    agents: dict[str, Path]
+    """Control sockets of the agents, by site."""
+
+
+def _notified(tmp: Path, name: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp / f"{name}.notify"))
+    listener.settimeout(TIMEOUT)
+    return listener
+
+
+def _wait_for(listener: socket.socket, prefix: bytes) -> bytes:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        message = listener.recv(4096)
+        if message.startswith(prefix):
+            return message
+    raise AssertionError(f"no {prefix!r} notification")
+
+
+def _spawn(net: Lab, namespace: str, tmp: Path, name: str, *argv: str) -> socket.socket:
+    listener = _notified(tmp, name)
+    env = {"NOTIFY_SOCKET": str(tmp / f"{name}.notify")}
+    net.spawn(namespace, sys.executable, "-m", "edge", *argv, env=env)
+    return listener
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    tmp = tmp_path_factory.mktemp("natlab-calls")
+    with lab("edgecall", sites=SITES) as built:
+        keys = server_keys(tmp / "login")
+        _login_server(built, tmp)
+        _supernode(built, tmp, keys.issuer, "sn1", SN1, alternate=SN1_ALT)
+        _supernode(built, tmp, keys.issuer, "sn2", SN2, bootstrap=f"{SN1}:{PORT}")
+        agents = {}
+        for site, user, supernode in (
+            ("pub1", "ann", SN1), ("pub2", "ben", SN2),
+            ("home1", "cat", SN1), ("home2", "dan", SN2),
+        ):  # fmt: skip
+            agents[site] = _agent(built, tmp, site, user, supernode, keys)
+        for control in agents.values():
+            _self_tested(control)
+        yield Network(built, tmp, agents)
+
+
+def _login_server(net: Lab, tmp: Path) -> None:
+    state = tmp / "login"
+    config = LoginConfig(
+        listen=(LOGIN,), state_dir=state, database=f"sqlite:///{tmp / 'login.db'}",
+        password_cost=CHEAP,
+    )  # fmt: skip
+    store = open_configured_store(config)
+    for user in ("ann", "ben", "cat", "dan"):
+        store.add_user(user, Passwords(CHEAP).hash(PASSWORD), int(time.time()))
+    store.close()
+    path = tmp / "login.toml"
+    path.write_text(
+        f'[server]\nlisten = ["{LOGIN[0]}:{LOGIN[1]}"]\nstate_dir = "{state}"\n'
+        f'database = "sqlite:///{tmp / "login.db"}"\n[passwords]\nops = 1\nmemory_kib = 8\n'
+    )
+    listener = _spawn(net, net.hosts["login"], tmp, "login", "login-server", "--config", str(path))
+    with listener:
+        _wait_for(listener, b"READY=1")
+
+
+def _supernode(
+    net: Lab, tmp: Path, issuer: Any, name: str, host: str, *, alternate: str = "",
+    bootstrap: str = "",
+) -> None:  # fmt: skip
+    state = tmp / name
+    keys = supernode_keys(state)
+    now = int(time.time())
+    certificate = state / "supernode.cert"
+    certificate.write_bytes(
+        issue(
+            issuer, serial=hash(name) & 0xFFFF, user_id=f"supernode-{name}", device_id="sn",
+            sign_key=keys.sign_public, dh_key=keys.dh_public, not_before=now - 60,
+            not_after=now + 86400,
+        )
+    )  # fmt: skip
+    lines = [
+        "[supernode]",
+        f'host = "{host}"',
+        f"port = {PORT}",
+        f'state_dir = "{state}"',
+        f'control_socket = "{tmp / name}.sock"',
+        "shutdown_grace_seconds = 0",
+        "[overlay]",
+        f'certificate = "{certificate}"',
+        f'issuer_key = "{issuer.public.hex()}"',
+        f'address = "{host}"',
+        f'login_servers = ["{LOGIN[0]}:{LOGIN[1]}"]',
+    ]
+    if alternate:
+        lines.insert(3, f'alternate_host = "{alternate}"')
+    if bootstrap:
+        lines.append(f'bootstrap = ["{bootstrap}"]')
+    path = tmp / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    listener = _spawn(net, net.hosts[name], tmp, name, "supernode", "--config", str(path))
+    with listener:
+        _wait_for(listener, b"READY=1")
+
+
+def _agent(net: Lab, tmp: Path, site: str, user: str, supernode: str, keys: Any) -> Path:
+    (tmp / f"{site}.password").write_text(PASSWORD)
+    control = tmp / f"{site}.sock"
+    path = tmp / f"{site}.toml"
+    path.write_text(
+        f'[account]\nuser_id = "{user}"\ndevice_id = "{site}"\n'
+        f'password_file = "{tmp / site}.password"\n'
+        f'[login]\naddress = "{LOGIN[0]}:{LOGIN[1]}"\n'
+        f'server_key = "{keys.noise.dh_public.hex()}"\nissuer_key = "{keys.issuer.public.hex()}"\n'
+        f'[supernodes]\nbootstrap = ["{supernode}:{PORT}"]\n'
+        f'[state]\ndir = "{tmp / site}-state"\ncontrol_socket = "{control}"\n'
+        f'[policy]\nauto_answer = ["ann", "ben", "cat", "dan"]\n'
+    )
+    listener = _spawn(net, net.sites[site].host, tmp, site, "agent", "--config", str(path))
+    with listener:
+        _wait_for(listener, b"STATUS=online")
+    return control
+
+
+def _self_tested(control: Path) -> None:
+    """Wait until the agent's connectivity self-test has reported (its reflexive
+    address is a candidate from then on): up to about 8 s behind a NAT, where the
+    filtering tests wait out their silence."""
+    deadline = time.monotonic() + TIMEOUT
+    while ctl(control, "status")["result"]["nat"] is None:
+        assert time.monotonic() < deadline, "the self-test never reported"
+        time.sleep(0.1)
+
+
+def ctl(control: Path, command: str, **args: str) -> dict[str, Any]:
+    answer: dict[str, Any] = asyncio.run(request(control, command, args, timeout=TIMEOUT))
+    return answer
+
+
+def _call_of(control: Path) -> dict[str, Any] | None:
+    calls = ctl(control, "status")["result"]["calls"]
+    return calls[-1] if calls else None
+
+
+def _until(control: Path, state: str) -> dict[str, Any]:
+    """The agent's latest call once it is in ``state``: its status, polled (the agent
+    is another process; its control socket is the way to ask it)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        call = _call_of(control)
+        if call is not None and call["state"] == state:
+            return call
+        time.sleep(0.1)
+    raise AssertionError(f"the call never became {state}: {_call_of(control)}")
+
+
+@pytest.mark.parametrize(
+    ("caller", "callee", "callee_user", "path"),
+    [
+        ("pub1", "pub2", "ben", "direct-udp"),
+        ("home1", "pub2", "ben", "punched-udp"),
+        ("home1", "home2", "dan", "punched-udp"),
+    ],
+)
+def test_a_call_takes_the_best_path_the_pair_allows(
+    network: Network, caller: str, callee: str, callee_user: str, path: str
+) -> None:
+    placed = ctl(network.agents[caller], "call", user=callee_user)
+    assert placed["ok"], placed
+    mine = _until(network.agents[caller], "active")
+    theirs = _until(network.agents[callee], "active")
+    assert (mine["path"], theirs["path"]) == (path, path)
+    deadline = time.monotonic() + TIMEOUT
+    while (
+        time.monotonic() < deadline
+        and min(
+            (_call_of(network.agents[caller]) or {}).get("frames_received", 0),
+            (_call_of(network.agents[callee]) or {}).get("frames_received", 0),
+        )
+        < 25
+    ):
+        time.sleep(0.1)
+    caller_call, callee_call = _call_of(network.agents[caller]), _call_of(network.agents[callee])
+    assert caller_call and callee_call
+    assert caller_call["frames_received"] >= 25 and callee_call["frames_received"] >= 25
+    assert ctl(network.agents[caller], "hangup")["ok"]
+    assert _until(network.agents[callee], "ended")["reason"] == "hang-up"
