@@ -48,7 +48,9 @@ class Network:
     stack: AsyncExitStack
     supernodes: list[Supernode]
 
-    async def supernode(self, *, bootstrap: tuple[Any, ...] = ()) -> Supernode:
+    async def supernode(
+        self, *, bootstrap: tuple[Any, ...] = (), host: str = "127.0.0.1"
+    ) -> Supernode:
         index = len(self.supernodes) + 1
         state = self.tmp / f"supernode-{index}"
         keys = supernode_keys(state)
@@ -62,7 +64,7 @@ class Network:
             )
         )  # fmt: skip
         config = SupernodeConfig(
-            host="127.0.0.1",
+            host=host,
             tcp_ports=(),
             state_dir=state,
             control_socket=self.tmp / f"supernode-{index}.sock",
@@ -71,7 +73,7 @@ class Network:
             overlay=OverlayConfig(
                 certificate=certificate,
                 issuer_key=self.login.keys.issuer.public,
-                address="127.0.0.1",
+                address=host,
                 bootstrap=bootstrap,
             ),
         )
@@ -301,3 +303,52 @@ async def _until_frames(agent: Agent, n: int) -> None:
 
 def _calls(agent: Agent) -> list[dict[str, Any]]:
     return agent.calls.status() if agent.calls is not None else []
+
+
+def test_an_agent_allowed_to_serve_is_dialled_back_by_three_supernodes_and_promoted(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            first = await net.supernode()
+            assert first.bound is not None
+            for host in ("127.0.0.2", "127.0.0.3"):
+                await net.supernode(bootstrap=(first.bound.udp,), host=host)
+            bootstrap = [node.bound.udp for node in net.supernodes if node.bound is not None]
+            config = replace(
+                net.agent_config("eve", bootstrap), supernode="always", promotion_hold=1.0
+            )
+            agent = await net.agent(config)
+            assert agent.promotion is not None
+            await asyncio.wait_for(_until_promoted(agent), TIMEOUT)
+            role = (await request(config.control_socket, "status"))["result"]["supernode_role"]
+            assert role["state"] == "supernode" and role["supernode"] is True, role
+            assert "3 dial-backs" in role["reason"] or "supernode since" in role["reason"]
+            served = agent.promotion.supernode
+            assert served is not None and served.clients is not None
+            # It serves as a supernode of the overlay, with the device's own certified key.
+            await asyncio.wait_for(served.joined.wait(), TIMEOUT)
+            assert len(served.clients.overlay.node.table) >= 1
+            assert first.clients is not None
+            assert first.clients.dialback is not None
+            assert first.clients.dialback.counts["reachable"] == 1
+
+    run_uv(main())
+
+
+def test_an_agent_that_may_not_serve_says_why(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            config = net.agent_config("fay", [node.bound.udp])
+            await net.agent(config)
+            role = (await request(config.control_socket, "status"))["result"]["supernode_role"]
+            assert (role["state"], role["reason"]) == ("client", "never: operator setting")
+
+    run_uv(main())
+
+
+async def _until_promoted(agent: Agent) -> None:
+    assert agent.promotion is not None
+    await agent.promotion.serving.wait()

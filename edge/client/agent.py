@@ -47,6 +47,8 @@ from edge.client.login import Credentials, login
 from edge.client.peers import Found, Peers
 from edge.client.port import PortCore
 from edge.client.ports import PortChoice, bind_both, choose
+from edge.client.promote import PromotionDriver
+from edge.client.promotion import Promotion, Thresholds
 from edge.client.uplink import Ladder, Link, attach, connect
 from edge.crypto.cert import TrustStore
 from edge.crypto.keys import DeviceKeys
@@ -127,6 +129,8 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self.peers: Peers | None = None
         self.calls: CallDriver | None = None
+        self.promotion: PromotionDriver | None = None
+        self._promoting: asyncio.Task[None] | None = None
         self.inbox: deque[JsonObject] = deque(maxlen=MAX_INBOX)
         """The latest messages received, newest last, for ``edge ctl messages``."""
         self._receipts: dict[bytes, asyncio.Future[int]] = {}
@@ -151,8 +155,14 @@ class Agent:
         await self._open_port()
         await self.control.start()
         self._task = asyncio.create_task(self._stay_online())
+        if self.promotion is not None and self.config.supernode != "never":
+            self._promoting = asyncio.create_task(self.promotion.run())
 
     async def stop(self) -> None:
+        if self._promoting is not None:
+            self._promoting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._promoting
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -226,7 +236,24 @@ class Agent:
         self.calls = CallDriver(manager, self.peers, self._core, adapter.poke)
         self.peers.on_media = self.calls.on_media
         self._core.checks = self.calls.on_stun
+        self.promotion = self._promotion_driver(wall_offset)
         _log.info("port %d: %s", self.port.port, self.port.note)
+
+    def _promotion_driver(self, wall_offset: float) -> PromotionDriver:
+        config = self.config
+        hold = config.promotion_hold
+        thresholds = Thresholds(promote_hold=hold, demote_hold=hold, min_dwell=hold)
+        policy = Promotion(
+            config.supernode, self.trust, user_id=config.user_id, device_id=config.device_id,
+            thresholds=thresholds, wall_offset=wall_offset,
+        )  # fmt: skip
+        assert self._ladder is not None and self.port is not None
+        return PromotionDriver(
+            policy, keys=self.keys, certificate=self.certificate, issuer_key=config.issuer_key,
+            state_dir=config.state_dir, port=self.port.port,
+            bandwidth_bps=config.bandwidth_kbps * 1000.0, ladder=self._ladder,
+            cache=self._cache, core=self._core, attached=lambda: self.link,
+        )  # fmt: skip
 
     def _on_event(self, event: object) -> None:
         if self._ladder is not None and self._ladder.route(event):
@@ -508,6 +535,7 @@ class Agent:
             "certificate_expires": _not_after(self.certificate),
             "peers": self.peers.count if self.peers else 0,
             "calls": self.calls.status() if self.calls else [],
+            "supernode_role": self.promotion.status() if self.promotion else None,
             "last_error": self.last_error,
         }  # fmt: skip
 

@@ -41,6 +41,8 @@ profile = ""                   # a board profile from hw/, or empty for none
 [policy]
 auto_answer = []               # user ids whose calls are answered at once
 supernode = "never"            # "never" | "auto" | "always": promotion is opt-in
+bandwidth_kbps = 0             # the line's speed each way, as the operator knows it
+promotion_hold_seconds = 600   # conditions must hold this long to promote or demote
 ```
 """
 
@@ -86,6 +88,8 @@ class AgentConfig:
     board_profile: Path | None = None
     auto_answer: frozenset[str] = field(default_factory=frozenset)
     supernode: str = "never"
+    bandwidth_kbps: int = 0
+    promotion_hold: float = 600.0
 
 
 def read(path: Path) -> AgentConfig:
@@ -99,7 +103,11 @@ def from_doc(doc: ConfigDoc) -> AgentConfig:
     login = _section(doc, "login", {"address", "server_key", "issuer_key"})
     state = _section(doc, "state", {"dir", "port", "control_socket"})
     audio = _section(doc, "audio", {"capture", "playback", "rate", "echo_cancel"})
-    policy = _section(doc, "policy", {"auto_answer", "supernode"})
+    policy = _section(
+        doc,
+        "policy",
+        {"auto_answer", "supernode", "bandwidth_kbps", "promotion_hold_seconds"},
+    )
     return AgentConfig(
         user_id=account.get_str("user_id", min_length=1, max_length=ID_MAX),
         device_id=account.get_str("device_id", min_length=1, max_length=ID_MAX),
@@ -121,6 +129,8 @@ def from_doc(doc: ConfigDoc) -> AgentConfig:
             policy.get_list_of_str("auto_answer", [], max_items=MAX_AUTO_ANSWER, max_length=ID_MAX)
         ),
         supernode=policy.get_enum("supernode", PROMOTION, "never"),
+        bandwidth_kbps=policy.get_int("bandwidth_kbps", 0, min=0, max=10_000_000),
+        promotion_hold=policy.get_float("promotion_hold_seconds", 600.0, min=1.0, max=86400.0),
     )
 
 

@@ -60,12 +60,15 @@ class PortCore:
         self.checks: Callable[[bytes, Address, float], bool] = lambda data, addr, now: False
         """Offered every STUN message first: the calls' connectivity checks and their
         answers (True: it was one of theirs)."""
+        self.probes: Callable[[bytes, Address, float], bool] = lambda data, addr, now: False
+        """Offered every edge datagram first: a dial-back probe is not a session's."""
         self.raw_out: deque[tuple[bytes, Address]] = deque()
         """STUN the calls send from this port (checks, and answers to the peer's)."""
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if data[:1] == b"\xed":
-            self.endpoint.receive_datagram(data, addr, now)
+            if not self.probes(data, addr, now):
+                self.endpoint.receive_datagram(data, addr, now)
         elif classify(data) is not Kind.STUN:
             raise NotForThisPort(f"{len(data)} bytes from {addr} are neither edge nor STUN")
         elif self.checks(data, addr, now):

@@ -215,13 +215,14 @@ class Ladder:
 
     def attempts(self, address: Address) -> list[Attempt[Link]]:
         """The rungs for one supernode: UDP at its port, TCP at its port, 80, 443."""
-        rungs = [Attempt(f"udp {_show(address)}", partial(self._udp, address))]
+        rungs = [Attempt(f"udp {_show(address)}", partial(self.udp, address))]
         for port in dict.fromkeys((address[1], *self.tcp_ports)):
             target = (address[0], port)
             rungs.append(Attempt(f"tcp {_show(target)}", partial(self._tcp, target, address)))
         return rungs
 
-    async def _udp(self, address: Address) -> Link:
+    async def udp(self, address: Address) -> Link:
+        """A UDP session with the supernode at ``address`` (the first rung)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         index = self.endpoint.connect(address, started)
