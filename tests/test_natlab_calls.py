@@ -46,7 +46,10 @@ SITES = (
     SiteSpec("pub2", "public"),
     SiteSpec("home1", "cone", Impairment(delay=ONE_WAY)),
     SiteSpec("home2", "cone", Impairment(delay=ONE_WAY)),
+    SiteSpec("sym1", "symmetric", Impairment(delay=ONE_WAY)),
+    SiteSpec("sym2", "symmetric"),
 )
+RELAY_SECRET = "shared by the login server and the supernode's relay"
 TIMEOUT = 30.0
 
 
@@ -93,6 +96,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         for site, user, supernode in (
             ("pub1", "ann", SN1), ("pub2", "ben", SN2),
             ("home1", "cat", SN1), ("home2", "dan", SN2),
+            ("sym1", "eve", SN1), ("sym2", "fay", SN2),
         ):  # fmt: skip
             agents[site] = _agent(built, tmp, site, user, supernode, keys)
         for control in agents.values():
@@ -107,13 +111,14 @@ def _login_server(net: Lab, tmp: Path) -> None:
         password_cost=CHEAP,
     )  # fmt: skip
     store = open_configured_store(config)
-    for user in ("ann", "ben", "cat", "dan"):
+    for user in ("ann", "ben", "cat", "dan", "eve", "fay"):
         store.add_user(user, Passwords(CHEAP).hash(PASSWORD), int(time.time()))
     store.close()
     path = tmp / "login.toml"
     path.write_text(
         f'[server]\nlisten = ["{LOGIN[0]}:{LOGIN[1]}"]\nstate_dir = "{state}"\n'
         f'database = "sqlite:///{tmp / "login.db"}"\n[passwords]\nops = 1\nmemory_kib = 8\n'
+        f'[relay]\nsecret = "{RELAY_SECRET}"\nuris = ["turn:{SN1}:{PORT}?transport=udp"]\n'
     )
     listener = _spawn(net, net.hosts["login"], tmp, "login", "login-server", "--config", str(path))
     with listener:
@@ -150,6 +155,9 @@ def _supernode(
     ]
     if alternate:
         lines.insert(3, f'alternate_host = "{alternate}"')
+        # The first supernode relays too (TURN on its port, for devices the login server
+        # hands relay credentials to).
+        lines += ["[relay]", f'secret = "{RELAY_SECRET}"', f'address = "{host}"']
     if bootstrap:
         lines.append(f'bootstrap = ["{bootstrap}"]')
     path = tmp / f"{name}.toml"
@@ -170,7 +178,7 @@ def _agent(net: Lab, tmp: Path, site: str, user: str, supernode: str, keys: Any)
         f'server_key = "{keys.noise.dh_public.hex()}"\nissuer_key = "{keys.issuer.public.hex()}"\n'
         f'[supernodes]\nbootstrap = ["{supernode}:{PORT}"]\n'
         f'[state]\ndir = "{tmp / site}-state"\ncontrol_socket = "{control}"\n'
-        f'[policy]\nauto_answer = ["ann", "ben", "cat", "dan"]\n'
+        f'[policy]\nauto_answer = ["ann", "ben", "cat", "dan", "eve", "fay"]\n'
     )
     listener = _spawn(net, net.sites[site].host, tmp, site, "agent", "--config", str(path))
     with listener:
@@ -216,6 +224,8 @@ def _until(control: Path, state: str) -> dict[str, Any]:
         ("pub1", "pub2", "ben", "direct-udp"),
         ("home1", "pub2", "ben", "punched-udp"),
         ("home1", "home2", "dan", "punched-udp"),
+        ("sym1", "sym2", "fay", "relay-udp"),
+        ("sym1", "home2", "dan", "relay-udp"),
     ],
 )
 def test_a_call_takes_the_best_path_the_pair_allows(

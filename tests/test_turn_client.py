@@ -644,3 +644,18 @@ def test_mutated_answers_from_the_server_are_counted_never_raised(data: st.DataO
         link.client.receive_datagram(bytes(mutated[:cut]), SERVER, link.now)
     link.client.handle_timer(link.now + 1)
     drain(link.client)
+
+
+def test_expects_takes_only_its_own_datagrams_from_a_shared_server_address() -> None:
+    server: Address = ("198.18.0.11", 3478)
+    client = TurnClient(server, "1:alice", "pw")
+    client.allocate(0.0)
+    ((request, _),) = client.datagrams_to_send(0.0)
+    mine = parse(request).transaction_id
+    answer = build(Message(Method.ALLOCATE, Class.ERROR, mine))
+    other = build(Message(Method.BINDING, Class.SUCCESS, bytes(12)))
+    assert client.expects(answer, server)
+    assert not client.expects(answer, ("198.18.0.12", 3478))
+    assert not client.expects(other, server)  # another service's answer on that port
+    assert not client.expects(b"\xed\x9e\x01\x05" + bytes(16), server)  # a session's datagram
+    assert client.expects(b"\x40\x00\x00\x00", server)  # ChannelData

@@ -43,9 +43,9 @@ from edge.client.call import Call, CallManager
 from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
 from edge.client.errors import PeerUnreachable, UplinkFailed
-from edge.client.login import Credentials, login
+from edge.client.login import Credentials, LoginSession, login
 from edge.client.peers import Found, Peers
-from edge.client.port import PortCore
+from edge.client.port import PortCore, relay_address
 from edge.client.ports import PortChoice, bind_both, choose
 from edge.client.promote import PromotionDriver
 from edge.client.promotion import Promotion, Thresholds
@@ -61,8 +61,9 @@ from edge.runtime.control import ControlServer, JsonObject
 from edge.sansio import Address
 from edge.session.datagram import DatagramEndpoint
 from edge.session.handshake import Identity
-from edge.stun.events import NatReport
+from edge.stun.events import AllocationSucceeded, DataReceived, NatReport, TurnFailed
 from edge.stun.nat import ConnectivityTest
+from edge.stun.turnclient import TurnClient
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     CandidateKind,
@@ -86,6 +87,8 @@ MAX_INBOX = 200
 RECEIPT_TIMEOUT = 10.0
 HOST_PRIORITY = (126 << 24) | (65535 << 8) | 255
 SRFLX_PRIORITY = (100 << 24) | (65535 << 8) | 255
+RELAY_PRIORITY = (0 << 24) | (65535 << 8) | 255
+RELAY_TTL = 3600
 
 
 @dataclass
@@ -107,6 +110,9 @@ class Agent:
         self.keys = _device_keys(config.state_dir)
         self.certificate = b""
         self._revocation_list = b""
+        self._relays: list[RelayServer] = []
+        """TURN servers to allocate at, with credentials: configured ones first."""
+        self.relayed: Address | None = None
         self.port: PortChoice | None = None
         self.link: Link | None = None
         self.nat: NatReport | None = None
@@ -208,6 +214,7 @@ class Agent:
             raw = build_signed_revocation_list(reply.body)
             self.revocations.apply(verify_revocations(raw, self.trust, time.time()))
             self._revocation_list = raw
+            self._relays = await _relay_servers(session, config)
         finally:
             session.close()
 
@@ -262,6 +269,8 @@ class Agent:
             return
         if isinstance(event, NatReport):
             self._nat_found(event)
+        elif isinstance(event, AllocationSucceeded | DataReceived | TurnFailed):
+            self._relay_event(event)
 
     # -- 3. the supernode, and staying with one
 
@@ -288,6 +297,7 @@ class Agent:
         if self._revocation_list:
             link.send(MsgType.REVOCATION_LIST, parse_signed_revocation_list(self._revocation_list))
         self._start_self_test(link)
+        self._start_relay()
         await self._publish(link)
         while True:
             closed = asyncio.ensure_future(link.closed.wait())
@@ -348,7 +358,7 @@ class Agent:
         candidates = self._candidates(link)
         if self.calls is not None:
             reflexive = self.nat.reflexive if self.nat is not None else None
-            self.calls.gather(candidates[0].address, reflexive)
+            self.calls.gather(candidates[0].address, reflexive, self.relayed)
         record = make_presence(
             self.keys,
             self.certificate,
@@ -378,6 +388,10 @@ class Agent:
                     CandidateKind.SERVER_REFLEXIVE, Transport.UDP, reflexive, SRFLX_PRIORITY
                 )
             )
+        if self.relayed is not None:
+            found.append(
+                PresenceCandidate(CandidateKind.RELAY, Transport.UDP, self.relayed, RELAY_PRIORITY)
+            )
         return found
 
     def _start_self_test(self, link: Link) -> None:
@@ -386,6 +400,42 @@ class Agent:
         loop = asyncio.get_running_loop()
         local = (_local_ip_towards(link.supernode), self.port.port)
         self._core.stun = ConnectivityTest(link.supernode, local, loop.time())
+        assert self._adapter is not None
+        self._adapter.poke()
+
+    def _start_relay(self) -> None:
+        """Allocate a relayed address at the first TURN server we hold credentials for."""
+        if self._core.turn is not None or not self._relays:
+            return
+        server = self._relays[0]
+        client = TurnClient(server.address, server.username, server.password)
+        self._core.turn = client
+        client.allocate(asyncio.get_running_loop().time())
+        assert self._adapter is not None
+        self._adapter.poke()
+
+    def _relay_event(self, event: AllocationSucceeded | DataReceived | TurnFailed) -> None:
+        if isinstance(event, AllocationSucceeded):
+            self.relayed = event.relayed
+            _log.info("relayed address %s", _show(event.relayed))
+            self._republish.set()
+            self._changed()
+        elif isinstance(event, TurnFailed):
+            _log.warning("TURN: %s", event.reason)
+            if self._core.turn is not None and not self._core.turn.is_allocated:
+                self._core.turn = None
+                self._relays = self._relays[1:]  # try the next server at the next attach
+        else:
+            self._relayed_datagram(event.peer, event.data)
+
+    def _relayed_datagram(self, peer: Address, data: bytes) -> None:
+        """A peer sent ``data`` to our relayed address: a check, or its session's datagram."""
+        now = asyncio.get_running_loop().time()
+        if data[:1] == b"\xed":
+            with contextlib.suppress(EdgeError):
+                self._core.endpoint.receive_datagram(data, relay_address(peer), now)
+        elif self.calls is not None:
+            self.calls.on_stun(data, peer, now, relayed=self.relayed)
         assert self._adapter is not None
         self._adapter.poke()
 
@@ -534,10 +584,53 @@ class Agent:
             },
             "certificate_expires": _not_after(self.certificate),
             "peers": self.peers.count if self.peers else 0,
+            "relay": None if self.relayed is None else _show(self.relayed),
             "calls": self.calls.status() if self.calls else [],
             "supernode_role": self.promotion.status() if self.promotion else None,
             "last_error": self.last_error,
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RelayServer:
+    address: Address
+    username: str
+    password: str
+
+
+async def _relay_servers(session: LoginSession, config: AgentConfig) -> list[RelayServer]:
+    """The TURN servers to try: the configured ones (any standard TURN server), then
+    the login server's relays; credentials left empty are the login server's."""
+    username = password = ""
+    uris: list[str] = []
+    try:
+        reply = await session.request(
+            MsgType.RELAY_REQUEST, {"ttl": RELAY_TTL}, MsgType.RELAY_CREDENTIALS
+        )
+        username, password = reply.body.username, reply.body.password
+        uris = list(reply.body.uris)
+    except EdgeError as exc:
+        _log.info("no relay credentials from the login server: %s", exc)
+    servers = []
+    for uri, user, secret in [(t.uri, t.username, t.password) for t in config.turn] + [
+        (uri, "", "") for uri in uris
+    ]:
+        address = _turn_udp_address(uri)
+        if address is not None and (user or username):
+            servers.append(RelayServer(address, user or username, secret or password))
+    return servers
+
+
+def _turn_udp_address(uri: str) -> Address | None:
+    """``turn:HOST:PORT[?transport=udp]`` (RFC 7065) as an address, for UDP only."""
+    scheme, _, rest = uri.partition(":")
+    target, _, query = rest.partition("?")
+    if scheme != "turn" or query not in ("", "transport=udp"):
+        return None
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return (host, int(port))
 
 
 def _found(found: Found) -> JsonObject:

@@ -47,7 +47,7 @@ from edge.client.call import (
 from edge.client.errors import CallMisuse, PeerUnreachable
 from edge.client.ice import Pair, candidate
 from edge.client.peers import Peers
-from edge.client.port import PortCore, via_peer
+from edge.client.port import PortCore, relay_address, via_peer
 from edge.errors import RemoteError
 from edge.sansio import Address
 from edge.session.events import MediaReceived
@@ -79,14 +79,12 @@ class _Media:
     received: int = 0
 
 
-def _direct(action: UsePath) -> bool:
-    """Whether the session itself can go to the pair's remote address (UDP from port P)."""
-    local = action.pair.local
-    return (
-        local.transport is Transport.UDP
-        and local.kind is not CandidateKind.RELAY
-        and via_peer(action.pair.remote.address) is None
-    )
+def _destination(pair: Pair) -> Address:
+    """Where datagrams for ``pair`` go: the remote address, through our relay when the
+    pair's local end is our relayed candidate."""
+    if pair.local.kind is CandidateKind.RELAY:
+        return relay_address(pair.remote.address)
+    return pair.remote.address
 
 
 class CallDriver:
@@ -124,11 +122,15 @@ class CallDriver:
 
     # -- the user's side
 
-    def gather(self, host: Address, reflexive: Address | None) -> None:
-        """Set the candidates new calls offer."""
+    def gather(
+        self, host: Address, reflexive: Address | None, relayed: Address | None = None
+    ) -> None:
+        """Set the candidates new calls offer: host, server-reflexive, relayed."""
         found = [candidate(CandidateKind.HOST, Transport.UDP, host)]
         if reflexive is not None and reflexive != host:
             found.append(candidate(CandidateKind.SERVER_REFLEXIVE, Transport.UDP, reflexive, host))
+        if relayed is not None:
+            found.append(candidate(CandidateKind.RELAY, Transport.UDP, relayed, relayed))
         self.manager.candidates = found
 
     def place(self, user: str, session: int) -> bytes:
@@ -174,14 +176,17 @@ class CallDriver:
                 self._changed()
                 return
 
-    def on_stun(self, data: bytes, source: Address, now: float) -> bool:
-        """A STUN message on port P: a check from a peer, or the answer to ours."""
+    def on_stun(
+        self, data: bytes, source: Address, now: float, *, relayed: Address | None = None
+    ) -> bool:
+        """A STUN message on port P, or (``relayed``) one that came to our relayed
+        address: a check from a peer, or the answer to one of ours."""
         try:
             message = parse(data)
         except RemoteError:
             return False
         if message.cls is Class.REQUEST:
-            return self._answer(data, message.get(AttrType.USERNAME), source, now)
+            return self._answer(data, message.get(AttrType.USERNAME), source, now, relayed)
         entry = self._transactions.pop(message.transaction_id, None)
         if entry is None:
             return False
@@ -197,16 +202,18 @@ class CallDriver:
         self.pump()
         return True
 
-    def _answer(self, data: bytes, username: object, source: Address, now: float) -> bool:
+    def _answer(
+        self, data: bytes, username: object, source: Address, now: float, relayed: Address | None
+    ) -> bool:
         ours = str(username or "").partition(":")[0]
         call = next((c for c in self.manager.calls.values() if c.credentials.ufrag == ours), None)
         if call is None or call.is_ended:
             return False
         response, request = call.answer_check(data, source)
-        self.core.raw_out.append((response, source))
+        self.core.raw_out.append((response, relay_address(source) if relayed else source))
         if request is not None:
-            local = call.candidates[0].base if call.candidates else ("0.0.0.0", 0)
-            pair = call.find_pair(local, source, Transport.UDP)
+            host = call.candidates[0].base if call.candidates else ("0.0.0.0", 0)
+            pair = call.find_pair(relayed or host, source, Transport.UDP)
             if pair is not None:
                 call.check_received(pair, now, use_candidate=request.use_candidate)
                 self.manager.act(call.call_id, lambda c: None)
@@ -237,12 +244,11 @@ class CallDriver:
             self._transactions[transaction] = (call_id, action.pair)
             while len(self._transactions) > MAX_TRANSACTIONS:
                 self._transactions.popitem(last=False)
-            self.core.raw_out.append(
-                (call.build_check(action, transaction), action.pair.remote.address)
-            )
-        elif session is not None and _direct(action):
+            check = call.build_check(action, transaction)
+            self.core.raw_out.append((check, _destination(action.pair)))
+        elif session is not None and via_peer(action.pair.remote.address) is None:
             # The session leaves the supernodes for the call's own path.
-            self.peers.core.endpoint.move(session, action.pair.remote.address)
+            self.peers.core.endpoint.move(session, _destination(action.pair))
 
     def _note(self, event: object) -> None:
         self._changed()

@@ -22,10 +22,12 @@ direct path.
 from collections import deque
 from collections.abc import Callable
 
+from edge.errors import EdgeError
 from edge.sansio import Address, DatagramCore
 from edge.session.datagram import DatagramEndpoint
 from edge.stun.channel import Kind, classify
 from edge.stun.errors import StunError
+from edge.stun.turnclient import TurnClient
 
 VIA = "via:"
 
@@ -33,6 +35,20 @@ VIA = "via:"
 def via_address(user: str, device: str) -> Address:
     """The signalling address of ``user``'s ``device``."""
     return (f"{VIA}{user}/{device}", 0)
+
+
+RELAY = "relay:"
+
+
+def relay_address(peer: Address) -> Address:
+    """The address a session or check uses to reach ``peer`` through our TURN allocation."""
+    return (f"{RELAY}{peer[0]}", peer[1])
+
+
+def relayed_peer(address: Address) -> Address | None:
+    """The peer behind a relay address, or None for any other address."""
+    host = address[0]
+    return (host[len(RELAY) :], address[1]) if host.startswith(RELAY) else None
 
 
 def via_peer(address: Address) -> tuple[str, str] | None:
@@ -64,9 +80,15 @@ class PortCore:
         """Offered every edge datagram first: a dial-back probe is not a session's."""
         self.raw_out: deque[tuple[bytes, Address]] = deque()
         """STUN the calls send from this port (checks, and answers to the peer's)."""
+        self.turn: TurnClient | None = None
+        """The device's TURN allocation, when it has one: what comes from its server is
+        the TURN client's, and what goes to a :func:`relay_address` leaves through it."""
+        self.relay_drops = 0
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        if data[:1] == b"\xed":
+        if self.turn is not None and self.turn.expects(data, addr):
+            self.turn.receive_datagram(data, addr, now)
+        elif data[:1] == b"\xed":
             if not self.probes(data, addr, now):
                 self.endpoint.receive_datagram(data, addr, now)
         elif classify(data) is not Kind.STUN:
@@ -79,30 +101,54 @@ class PortCore:
             raise NotForThisPort(f"{len(data)} bytes from {addr} belong to nothing on this port")
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        out = []
-        for data, address in self.endpoint.datagrams_to_send(now):
-            peer = via_peer(address)
-            if peer is None:
-                out.append((data, address))
-            else:
-                self.forward(data, *peer)
+        out: list[tuple[bytes, Address]] = []
+        pending = self.endpoint.datagrams_to_send(now) + list(self.raw_out)
+        self.raw_out.clear()
+        for data, address in pending:
+            self._route_out(data, address, now, out)
         if self.stun is not None:
             out += self.stun.datagrams_to_send(now)
-        out += self.raw_out
-        self.raw_out.clear()
+        if self.turn is not None:
+            out += self.turn.datagrams_to_send(now)
         return out
 
+    def _route_out(
+        self, data: bytes, address: Address, now: float, out: list[tuple[bytes, Address]]
+    ) -> None:
+        """To the socket, to the supernodes (a signalling address), or through our relay."""
+        if (peer := via_peer(address)) is not None:
+            self.forward(data, *peer)
+        elif (relayed := relayed_peer(address)) is not None:
+            self._relay(data, relayed, now)
+        else:
+            out.append((data, address))
+
+    def _relay(self, data: bytes, peer: Address, now: float) -> None:
+        turn = self.turn
+        if turn is None or not turn.is_allocated:
+            self.relay_drops += 1
+            return
+        if turn.channel_of(peer) is None:
+            turn.bind_channel(peer, now)  # asks for the permission too
+        try:
+            turn.send(peer, data, now)
+        except EdgeError:
+            self.relay_drops += 1
+
     def get_timer(self) -> float | None:
-        timers = [self.endpoint.get_timer(), self.stun.get_timer() if self.stun else None]
+        timers = [self.endpoint.get_timer()]
+        timers += [core.get_timer() for core in (self.stun, self.turn) if core is not None]
         return min((t for t in timers if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
-        if self.stun is not None:
-            self.stun.handle_timer(now)
+        for core in (self.stun, self.turn):
+            if core is not None:
+                core.handle_timer(now)
 
     def next_event(self) -> object | None:
         event = self.endpoint.next_event()
-        if event is None and self.stun is not None:
-            event = self.stun.next_event()
+        for core in (self.stun, self.turn):
+            if event is None and core is not None:
+                event = core.next_event()
         return event

@@ -242,6 +242,10 @@ class _Channel(_Refreshable):
     number: int = MIN_CHANNEL
 
 
+DATA_INDICATION = 0x0017
+"""The first two bytes of a Data indication: method DATA (0x007), class indication."""
+
+
 class TurnClient:
     """One TURN allocation on ``server``; see the module docstring for the life cycle.
 
@@ -397,6 +401,23 @@ class TurnClient:
         """The channel number bound (or being bound) to ``peer``, if any."""
         channel = self._channels.get(peer)
         return None if channel is None else channel.number
+
+    def expects(self, data: bytes, addr: Address) -> bool:
+        """Whether a datagram from ``addr`` is this client's: ChannelData or a Data
+        indication from its server, or the answer to one of its requests. The server
+        may share its address with other services (a supernode answers Binding and
+        carries sessions on the same port), whose datagrams are not ours."""
+        if addr != self.server:
+            return False
+        kind = classify(data)
+        if kind is Kind.CHANNEL_DATA:
+            return True
+        if kind is not Kind.STUN or len(data) < 20:
+            return False
+        method_and_class = int.from_bytes(data[:2], "big")
+        if method_and_class == DATA_INDICATION:
+            return True
+        return bytes(data[8:20]) in self._transactions
 
     # -- the DatagramCore protocol
 
