@@ -16,17 +16,19 @@ import pytest
 import uvloop
 
 from edge.client.agent import Agent
-from edge.client.config import AgentConfig
+from edge.client.config import AgentConfig, TurnServer
 from edge.client.errors import UplinkFailed
 from edge.crypto.cert import issue
 from edge.login.cli import open_configured_store, server_keys
 from edge.login.config import LoginConfig
 from edge.login.passwords import Passwords
+from edge.login.relay import relay_credentials
 from edge.login.server import LoginServer
 from edge.login.store import Store
 from edge.runtime.control import request
 from edge.supernode.config import OverlayConfig, RelayConfig, SupernodeConfig
 from edge.supernode.service import Supernode, supernode_keys
+from tests.coturn import running_coturn
 from tests.test_login_server import CHEAP
 
 T = TypeVar("T")
@@ -352,3 +354,32 @@ def test_an_agent_that_may_not_serve_says_why(tmp_path: Path) -> None:
 async def _until_promoted(agent: Agent) -> None:
     assert agent.promotion is not None
     await agent.promotion.serving.wait()
+
+
+def test_a_device_configured_with_a_standard_turn_server_relays_through_it(
+    tmp_path: Path,
+) -> None:
+    secret = b"the relay operator's own secret"
+    (tmp_path / "coturn").mkdir()
+    with running_coturn(tmp_path / "coturn", secret=secret) as coturn:
+        credentials = relay_credentials(secret, "gus", int(time.time()), 3600)
+        uri = f"turn:{coturn.address[0]}:{coturn.address[1]}?transport=udp"
+
+        async def main() -> None:
+            async with network(tmp_path) as net:
+                node = await net.supernode()
+                assert node.bound is not None
+                config = replace(
+                    net.agent_config("gus", [node.bound.udp]),
+                    turn=(TurnServer(uri, credentials.username, credentials.password),),
+                )
+                agent = await net.agent(config)
+                await asyncio.wait_for(agent.wait_for(lambda: agent.relayed is not None), TIMEOUT)
+                status = (await request(config.control_socket, "status"))["result"]
+                assert status["relay"].startswith(f"{coturn.address[0]}:")
+                # The relayed address is a candidate of the device's calls and presence.
+                assert agent.calls is not None
+                kinds = [c.kind.name for c in agent.calls.manager.candidates]
+                assert "RELAY" in kinds
+
+        run_uv(main())
