@@ -264,6 +264,15 @@ def test_a_call_between_agents_finds_its_own_path_carries_media_and_hangs_up(
             )
             alice = await net.agent(alice_config)
             bob = await net.agent(bob_config)
+            assert alice.calls is not None
+            opened: list[tuple[str, int]] = []
+            send_low_ttl = alice.calls.preopen
+
+            def preopen(address: tuple[str, int]) -> None:
+                opened.append(address)
+                send_low_ttl(address)
+
+            alice.calls.preopen = preopen
             placed = await request(alice_config.control_socket, "call", {"user": "bob"})
             assert placed["ok"], placed
             assert alice.calls is not None and bob.calls is not None
@@ -279,6 +288,8 @@ def test_a_call_between_agents_finds_its_own_path_carries_media_and_hangs_up(
             await asyncio.wait_for(_until_frames(alice, 30), TIMEOUT)
             # Media goes on the call's own path, not through the supernodes.
             assert first.clients is not None and first.clients.counts["forward"] == forwarded
+            # Before its checks, alice opened her mapping towards bob's direct candidates.
+            assert bob.port is not None and ("127.0.0.1", bob.port.port) in opened
             hung = await request(bob_config.control_socket, "hangup")
             assert hung["ok"], hung
             await asyncio.wait_for(_until_ended(alice), TIMEOUT)

@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,7 @@ class Agent:
         self.calls = CallDriver(manager, self.peers, self._core, adapter.poke)
         self.peers.on_media = self.calls.on_media
         self._core.checks = self.calls.on_stun
+        self.calls.preopen = partial(_preopen, udp)
         self.promotion = self._promotion_driver(wall_offset)
         _log.info("port %d: %s", self.port.port, self.port.note)
 
@@ -642,6 +644,23 @@ def _found(found: Found) -> JsonObject:
         "last_seen": presence.issued_at,
         "candidates": [f"{c.kind.name.lower()} {_show(c.address)}" for c in presence.candidates],
     }
+
+
+PREOPEN_TTL = 2
+"""Hops a mapping-opening packet lives: past our own NAT, dead before the peer's."""
+
+
+def _preopen(sock: socket.socket, address: Address) -> None:
+    """One empty datagram to ``address`` with a low TTL, from port P itself."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, PREOPEN_TTL)
+        try:
+            sock.sendto(b"", address)
+        finally:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, DEFAULT_TTL)
+
+
+DEFAULT_TTL = 64
 
 
 def _device_keys(state_dir: Path) -> DeviceKeys:

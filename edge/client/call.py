@@ -623,6 +623,11 @@ class Call:
     def path_kind(self) -> PathKind | None:
         return self._kind_of(self.pair) if self.pair is not None else None
 
+    @property
+    def pairs(self) -> list[Pair]:
+        """The candidate pairs being checked (empty until the peer's candidates came)."""
+        return list(self._pairs)
+
     def _kind_of(self, pair: Pair) -> PathKind:
         """The pair's kind, counting a NAT of ours that only our checks revealed: a
         host-to-host pair through it is a punched path, as the peer sees it too."""

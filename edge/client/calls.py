@@ -101,6 +101,8 @@ class CallDriver:
         self.peers = peers
         self.core = core
         self._poke = poke
+        self.preopen: Callable[[Address], None] = lambda address: None
+        """Send a short-lived packet to ``address`` from port P (the agent's socket)."""
         self._session_of: dict[bytes, int] = {}
         self._transactions: OrderedDict[bytes, tuple[bytes, Pair]] = OrderedDict()
         self._media: dict[bytes, _Media] = {}
@@ -255,11 +257,30 @@ class CallDriver:
         if isinstance(event, CallStateChanged):
             self.history.append(event)
             del self.history[:-64]
+            if event.new is CallState.CONNECTING:
+                self._open_mappings(event.call_id)
             if event.new is CallState.ACTIVE:
                 self._media.setdefault(event.call_id, _Media())
                 self._start_media()
         elif isinstance(event, PathChanged):
             self.paths[event.call_id] = event
+
+    def _open_mappings(self, call_id: bytes) -> None:
+        """Before the checks, open our NAT's mapping towards each of the peer's direct
+        candidates with a packet that dies on the way (low TTL), so that the peer's
+        first check finds our door open and its NAT never sees a packet of ours
+        arrive before its own mapping exists (the conntrack race DESIGN.md describes)."""
+        call = self.manager.calls.get(call_id)
+        if call is None:
+            return
+        targets = {
+            pair.remote.address
+            for pair in call.pairs
+            if pair.local.kind is not CandidateKind.RELAY
+            and pair.remote.kind is not CandidateKind.RELAY
+        }
+        for address in targets:
+            self.preopen(address)
 
     def _arm(self) -> None:
         if self._timer is not None:
