@@ -37,6 +37,8 @@ COMMANDS: Final[dict[str, tuple[str, ...]]] = {
     "call": ("user",),
     "answer": (),
     "hangup": (),
+    "buddies": (),
+    "buddy": ("op", "user"),
 }
 """Each command the daemons serve, with the names of its positional arguments."""
 

@@ -394,3 +394,26 @@ def test_a_device_configured_with_a_standard_turn_server_relays_through_it(
                 assert "RELAY" in kinds
 
         run_uv(main())
+
+
+def test_buddies_are_asked_for_accepted_and_listed_through_edge_ctl(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            hal = net.agent_config("hal", [node.bound.udp])
+            ida = net.agent_config("ida", [node.bound.udp])
+            await net.agent(hal)
+            await net.agent(ida)
+            asked = await request(hal.control_socket, "buddy", {"op": "add", "user": "ida"})
+            assert asked["result"]["buddy"]["state"] == "pending-out", asked
+            waiting = (await request(ida.control_socket, "buddies"))["result"]["buddies"]
+            assert [(b["user"], b["state"]) for b in waiting] == [("hal", "pending-in")]
+            taken = await request(ida.control_socket, "buddy", {"op": "accept", "user": "hal"})
+            assert taken["result"]["buddy"]["state"] == "accepted"
+            both = (await request(hal.control_socket, "buddies"))["result"]["buddies"]
+            assert [(b["user"], b["state"]) for b in both] == [("ida", "accepted")]
+            wrong = await request(hal.control_socket, "buddy", {"op": "hug", "user": "ida"})
+            assert wrong["ok"] is False
+
+    run_uv(main())

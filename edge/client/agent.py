@@ -39,7 +39,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edge.client import hostcache
+from edge.client import buddies, hostcache
 from edge.client.call import Call, CallManager
 from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
@@ -67,6 +67,7 @@ from edge.stun.nat import ConnectivityTest
 from edge.stun.turnclient import TurnClient
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
+    BuddyOp,
     CandidateKind,
     Message,
     ReceiptStatus,
@@ -81,6 +82,15 @@ _log = logging.getLogger(__name__)
 KEY_FILE = "device.key"
 CERT_FILE = "device.cert"
 HOSTCACHE_FILE = "hostcache.json"
+BUDDIES_FILE = "buddies.json"
+BUDDY_OPS = {
+    "add": BuddyOp.ADD_REQUEST,
+    "accept": BuddyOp.ACCEPT,
+    "deny": BuddyOp.DENY,
+    "remove": BuddyOp.REMOVE,
+    "block": BuddyOp.BLOCK,
+    "unblock": BuddyOp.UNBLOCK,
+}
 MAX_CERTIFICATE_FILE = 4096
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 60.0
@@ -123,6 +133,9 @@ class Agent:
         self._cache, warning = hostcache.load_or_empty(config.state_dir / HOSTCACHE_FILE)
         if warning:
             _log.warning("%s", warning)
+        self.buddies, warning = buddies.load_or_empty(config.state_dir / BUDDIES_FILE)
+        if warning:
+            _log.warning("%s", warning)
         self._sockets: list[socket.socket] = []
         self._adapter: DatagramAdapter | None = None
         self._ladder: Ladder | None = None
@@ -152,6 +165,8 @@ class Agent:
                 "call": self.call,
                 "answer": self.answer,
                 "hangup": self.hangup,
+                "buddies": self.list_buddies,
+                "buddy": self.change_buddy,
             },
         )
 
@@ -216,8 +231,19 @@ class Agent:
             self.revocations.apply(verify_revocations(raw, self.trust, time.time()))
             self._revocation_list = raw
             self._relays = await _relay_servers(session, config)
+            await self._sync_buddies(session)
         finally:
             session.close()
+
+    async def _renewed_session(self) -> LoginSession:
+        """A fresh session with the login server, renewed with the device key alone."""
+        config = self.config
+        who = Credentials(config.user_id, config.device_id, self.keys)
+        return await login(config.login_address, config.server_key, who)
+
+    async def _sync_buddies(self, session: LoginSession) -> None:
+        await buddies.sync(session, self.buddies)
+        buddies.save(self.buddies, self.config.state_dir / BUDDIES_FILE)
 
     # -- 2. port P
 
@@ -544,6 +570,30 @@ class Agent:
         call_id = self.calls.place(user, session)
         return {"call": call_id.hex(), "device": f"{devices[0].user}/{devices[0].device}"}
 
+    async def list_buddies(self, args: Any) -> JsonObject:
+        """The buddy list, brought up to date with the login server first."""
+        session = await self._renewed_session()
+        try:
+            await self._sync_buddies(session)
+        finally:
+            session.close()
+        return {"buddies": [_buddy(b) for b in self.buddies.buddies()]}
+
+    async def change_buddy(self, args: Mapping[str, Any]) -> JsonObject:
+        """``buddy add|accept|deny|remove|block|unblock USER``, as the login server keeps it."""
+        op = BUDDY_OPS.get(str(args.get("op", "")))
+        if op is None:
+            raise PeerUnreachable(f"buddy takes one of {', '.join(BUDDY_OPS)}")
+        user = str(args.get("user", ""))
+        session = await self._renewed_session()
+        try:
+            await buddies.buddy_op(session, self.buddies, op, user)
+            buddies.save(self.buddies, self.config.state_dir / BUDDIES_FILE)
+        finally:
+            session.close()
+        found = self.buddies.get(user)
+        return {"buddy": _buddy(found) if found else {"user": user, "state": "removed"}}
+
     def answer(self, args: Any) -> JsonObject:
         return self._act_on_call(lambda call, now: call.answer(now))
 
@@ -633,6 +683,15 @@ def _turn_udp_address(uri: str) -> Address | None:
     if not host or not port.isdigit():
         return None
     return (host, int(port))
+
+
+def _buddy(buddy: buddies.Buddy) -> JsonObject:
+    return {
+        "user": buddy.user_id,
+        "state": buddy.state.name.lower().replace("_", "-"),
+        "name": buddy.display_name,
+        "note": buddy.note,
+    }
 
 
 def _found(found: Found) -> JsonObject:
