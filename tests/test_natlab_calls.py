@@ -48,7 +48,10 @@ SITES = (
     SiteSpec("home2", "cone", Impairment(delay=ONE_WAY)),
     SiteSpec("sym1", "symmetric", Impairment(delay=ONE_WAY)),
     SiteSpec("sym2", "symmetric"),
+    SiteSpec("blocked", "udp-blocked"),
+    SiteSpec("office", "tcp-web-only", Impairment(delay=ONE_WAY)),
 )
+SITE_KINDS = {site.name: site.kind for site in SITES}
 RELAY_SECRET = "shared by the login server and the supernode's relay"
 TIMEOUT = 30.0
 
@@ -97,10 +100,12 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             ("pub1", "ann", SN1), ("pub2", "ben", SN2),
             ("home1", "cat", SN1), ("home2", "dan", SN2),
             ("sym1", "eve", SN1), ("sym2", "fay", SN2),
+            ("blocked", "gil", SN1), ("office", "hal", SN1),
         ):  # fmt: skip
             agents[site] = _agent(built, tmp, site, user, supernode, keys)
-        for control in agents.values():
-            _self_tested(control)
+        for site, control in agents.items():
+            if SITE_KINDS[site] not in ("udp-blocked", "tcp-web-only"):
+                _self_tested(control)
         yield Network(built, tmp, agents)
 
 
@@ -111,7 +116,7 @@ def _login_server(net: Lab, tmp: Path) -> None:
         password_cost=CHEAP,
     )  # fmt: skip
     store = open_configured_store(config)
-    for user in ("ann", "ben", "cat", "dan", "eve", "fay"):
+    for user in ("ann", "ben", "cat", "dan", "eve", "fay", "gil", "hal"):
         store.add_user(user, Passwords(CHEAP).hash(PASSWORD), int(time.time()))
     store.close()
     path = tmp / "login.toml"
@@ -178,7 +183,7 @@ def _agent(net: Lab, tmp: Path, site: str, user: str, supernode: str, keys: Any)
         f'server_key = "{keys.noise.dh_public.hex()}"\nissuer_key = "{keys.issuer.public.hex()}"\n'
         f'[supernodes]\nbootstrap = ["{supernode}:{PORT}"]\n'
         f'[state]\ndir = "{tmp / site}-state"\ncontrol_socket = "{control}"\n'
-        f'[policy]\nauto_answer = ["ann", "ben", "cat", "dan", "eve", "fay"]\n'
+        f'[policy]\nauto_answer = ["ann", "ben", "cat", "dan", "eve", "fay", "gil", "hal"]\n'
     )
     listener = _spawn(net, net.sites[site].host, tmp, site, "agent", "--config", str(path))
     with listener:
@@ -226,6 +231,8 @@ def _until(control: Path, state: str) -> dict[str, Any]:
         ("home1", "home2", "dan", "punched-udp"),
         ("sym1", "sym2", "fay", "relay-udp"),
         ("sym1", "home2", "dan", "relay-udp"),
+        ("blocked", "pub2", "ben", "relay-tcp"),
+        ("office", "home2", "dan", "relay-tcp"),
     ],
 )
 def test_a_call_takes_the_best_path_the_pair_allows(
@@ -235,7 +242,9 @@ def test_a_call_takes_the_best_path_the_pair_allows(
     assert placed["ok"], placed
     mine = _until(network.agents[caller], "active")
     theirs = _until(network.agents[callee], "active")
-    assert (mine["path"], theirs["path"]) == (path, path)
+    # The far side of a relay reached over TCP sees a relayed candidate: relay-udp to it.
+    expected = ("relay-udp",) if path == "relay-tcp" else (path,)
+    assert mine["path"] == path and theirs["path"] in (path, *expected)
     deadline = time.monotonic() + TIMEOUT
     while (
         time.monotonic() < deadline

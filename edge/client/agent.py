@@ -56,7 +56,7 @@ from edge.crypto.keys import DeviceKeys
 from edge.crypto.revocation import RevocationCache, verify_revocations
 from edge.errors import EdgeError
 from edge.overlay.presence import REFRESH_EVERY, PresenceCandidate, make_presence, next_sequence
-from edge.runtime.adapters import DatagramAdapter
+from edge.runtime.adapters import DatagramAdapter, StreamAdapter, open_stream_client
 from edge.runtime.config import write_atomic
 from edge.runtime.control import ControlServer, JsonObject
 from edge.sansio import Address
@@ -64,7 +64,7 @@ from edge.session.datagram import DatagramEndpoint
 from edge.session.handshake import Identity
 from edge.stun.events import AllocationSucceeded, DataReceived, NatReport, TurnFailed
 from edge.stun.nat import ConnectivityTest
-from edge.stun.turnclient import TurnClient
+from edge.stun.turnclient import TurnClient, TurnStream
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     BuddyOp,
@@ -100,6 +100,7 @@ HOST_PRIORITY = (126 << 24) | (65535 << 8) | 255
 SRFLX_PRIORITY = (100 << 24) | (65535 << 8) | 255
 RELAY_PRIORITY = (0 << 24) | (65535 << 8) | 255
 RELAY_TTL = 3600
+RELAY_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -122,6 +123,9 @@ class Agent:
         self.certificate = b""
         self._revocation_list = b""
         self._relays: list[RelayServer] = []
+        self._login_relay: tuple[str, str] | None = None
+        """The login server's TURN credentials, for the supernode a TCP link reaches."""
+        self._turn_stream: StreamAdapter | None = None
         """TURN servers to allocate at, with credentials: configured ones first."""
         self.relayed: Address | None = None
         self.port: PortChoice | None = None
@@ -191,6 +195,8 @@ class Agent:
                 await self._task
         if self.link is not None:
             self.link.close()
+        if self._turn_stream is not None:
+            self._turn_stream.close()
         await self.control.stop()
         if self._adapter is not None:
             self._adapter.close()
@@ -230,7 +236,7 @@ class Agent:
             raw = build_signed_revocation_list(reply.body)
             self.revocations.apply(verify_revocations(raw, self.trust, time.time()))
             self._revocation_list = raw
-            self._relays = await _relay_servers(session, config)
+            self._relays, self._login_relay = await _relay_servers(session, config)
             await self._sync_buddies(session)
         finally:
             session.close()
@@ -325,7 +331,10 @@ class Agent:
         if self._revocation_list:
             link.send(MsgType.REVOCATION_LIST, parse_signed_revocation_list(self._revocation_list))
         self._start_self_test(link)
-        self._start_relay()
+        if link.transport == "tcp":
+            await self._start_tcp_relay(link)
+        else:
+            self._start_relay()
         await self._publish(link)
         while True:
             closed = asyncio.ensure_future(link.closed.wait())
@@ -441,6 +450,33 @@ class Agent:
         client.allocate(asyncio.get_running_loop().time())
         assert self._adapter is not None
         self._adapter.poke()
+
+    async def _start_tcp_relay(self, link: Link) -> None:
+        """Where only TCP gets out: allocate at our supernode over the same kind of TCP
+        connection the link took (its port, 80 or 443); media then goes relay-tcp."""
+        if self._core.turn is not None or self._login_relay is None:
+            return
+        username, password = self._login_relay
+        client = TurnClient(link.address, username, password, stream=True)
+        try:
+            adapter = await asyncio.wait_for(
+                open_stream_client(TurnStream(client), *link.address, self._turn_stream_event),
+                RELAY_CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as exc:
+            _log.warning("TURN over TCP to %s: %s", link.where, exc)
+            return
+        self._turn_stream = adapter
+        self._core.turn = client
+        self._core.turn_poke = adapter.poke
+        if self.calls is not None:
+            self.calls.relay_over_tcp = True
+        client.allocate(asyncio.get_running_loop().time())
+        adapter.poke()
+
+    def _turn_stream_event(self, event: object) -> None:
+        if isinstance(event, AllocationSucceeded | DataReceived | TurnFailed):
+            self._relay_event(event)
 
     def _relay_event(self, event: AllocationSucceeded | DataReceived | TurnFailed) -> None:
         if isinstance(event, AllocationSucceeded):
@@ -650,9 +686,12 @@ class RelayServer:
     password: str
 
 
-async def _relay_servers(session: LoginSession, config: AgentConfig) -> list[RelayServer]:
-    """The TURN servers to try: the configured ones (any standard TURN server), then
-    the login server's relays; credentials left empty are the login server's."""
+async def _relay_servers(
+    session: LoginSession, config: AgentConfig
+) -> tuple[list[RelayServer], tuple[str, str] | None]:
+    """The TURN servers to try over UDP: the configured ones (any standard TURN
+    server), then the login server's relays, credentials left empty being the login
+    server's; and those credentials."""
     username = password = ""
     uris: list[str] = []
     try:
@@ -670,7 +709,7 @@ async def _relay_servers(session: LoginSession, config: AgentConfig) -> list[Rel
         address = _turn_udp_address(uri)
         if address is not None and (user or username):
             servers.append(RelayServer(address, user or username, secret or password))
-    return servers
+    return servers, ((username, password) if username else None)
 
 
 def _turn_udp_address(uri: str) -> Address | None:

@@ -54,7 +54,7 @@ from edge.session.events import MediaReceived
 from edge.stun.attributes import AttrType
 from edge.stun.codec import Class, parse
 from edge.wire.codes import MsgType
-from edge.wire.messages import CandidateKind, Codec, Message, Transport
+from edge.wire.messages import CandidateKind, Codec, Message, PathKind, Transport
 
 FRAME_INTERVAL = 0.020
 SILENCE = b"\xf8\xff\xfe"
@@ -102,6 +102,8 @@ class CallDriver:
         self.core = core
         self._poke = poke
         self.preopen: Callable[[Address], None] = lambda address: None
+        self.relay_over_tcp = False
+        """Our relayed candidate is reached over TCP: a path through it is relay-tcp."""
         """Send a short-lived packet to ``address`` from port P (the agent's socket)."""
         self._session_of: dict[bytes, int] = {}
         self._transactions: OrderedDict[bytes, tuple[bytes, Pair]] = OrderedDict()
@@ -330,15 +332,21 @@ class CallDriver:
                     "peer": call.peer,
                     "state": call.state.name.lower(),
                     "reason": call.reason.value if call.reason else None,
-                    "path": call.path_kind.name.lower().replace("_", "-")
-                    if call.path_kind
-                    else None,
+                    "path": self._path_name(call),
                     "rtt_ms": round(path.rtt * 1000, 1) if path and path.rtt else None,
                     "frames_sent": media.sent,
                     "frames_received": media.received,
                 }
             )
         return out
+
+    def _path_name(self, call: Call) -> str | None:
+        kind = call.path_kind
+        if kind is None or call.pair is None:
+            return None
+        if self.relay_over_tcp and call.pair.local.kind is CandidateKind.RELAY:
+            kind = PathKind.RELAY_TCP
+        return kind.name.lower().replace("_", "-")
 
     @staticmethod
     def _now() -> float:

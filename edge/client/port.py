@@ -84,9 +84,11 @@ class PortCore:
         """The device's TURN allocation, when it has one: what comes from its server is
         the TURN client's, and what goes to a :func:`relay_address` leaves through it."""
         self.relay_drops = 0
+        self.turn_poke: Callable[[], None] = lambda: None
+        """After relaying through a TURN client over TCP: have its connection send."""
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        if self.turn is not None and self.turn.expects(data, addr):
+        if self.turn is not None and not self.turn.stream and self.turn.expects(data, addr):
             self.turn.receive_datagram(data, addr, now)
         elif data[:1] == b"\xed":
             if not self.probes(data, addr, now):
@@ -108,7 +110,7 @@ class PortCore:
             self._route_out(data, address, now, out)
         if self.stun is not None:
             out += self.stun.datagrams_to_send(now)
-        if self.turn is not None:
+        if self.turn is not None and not self.turn.stream:
             out += self.turn.datagrams_to_send(now)
         return out
 
@@ -134,21 +136,29 @@ class PortCore:
             turn.send(peer, data, now)
         except EdgeError:
             self.relay_drops += 1
+        if turn.stream:
+            self.turn_poke()
+
+    def _cores(self) -> list[DatagramCore]:
+        """The STUN cores this port drives (a TURN client over TCP has its own adapter)."""
+        cores: list[DatagramCore] = [c for c in (self.stun,) if c is not None]
+        if self.turn is not None and not self.turn.stream:
+            cores.append(self.turn)
+        return cores
 
     def get_timer(self) -> float | None:
         timers = [self.endpoint.get_timer()]
-        timers += [core.get_timer() for core in (self.stun, self.turn) if core is not None]
+        timers += [core.get_timer() for core in self._cores()]
         return min((t for t in timers if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
-        for core in (self.stun, self.turn):
-            if core is not None:
-                core.handle_timer(now)
+        for core in self._cores():
+            core.handle_timer(now)
 
     def next_event(self) -> object | None:
         event = self.endpoint.next_event()
-        for core in (self.stun, self.turn):
-            if event is None and core is not None:
+        for core in self._cores():
+            if event is None:
                 event = core.next_event()
         return event
