@@ -39,6 +39,8 @@ COMMANDS: Final[dict[str, tuple[str, ...]]] = {
     "hangup": (),
     "buddies": (),
     "buddy": ("op", "user"),
+    "send-file": ("user", "path"),
+    "files": (),
 }
 """Each command the daemons serve, with the names of its positional arguments."""
 

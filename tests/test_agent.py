@@ -5,6 +5,7 @@ moves to another supernode when its own goes away."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -415,5 +416,32 @@ def test_buddies_are_asked_for_accepted_and_listed_through_edge_ctl(tmp_path: Pa
             assert [(b["user"], b["state"]) for b in both] == [("ida", "accepted")]
             wrong = await request(hal.control_socket, "buddy", {"op": "hug", "user": "ida"})
             assert wrong["ok"] is False
+
+    run_uv(main())
+
+
+def test_a_file_goes_end_to_end_and_arrives_whole(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            jim = net.agent_config("jim", [node.bound.udp])
+            kim = net.agent_config("kim", [node.bound.udp])
+            await net.agent(jim)
+            receiver = await net.agent(kim)
+            payload = os.urandom(1 << 20)
+            source = tmp_path / "doorbell.wav"
+            source.write_bytes(payload)
+            sent = await request(
+                jim.control_socket, "send-file", {"user": "kim", "path": str(source)},
+                timeout=TIMEOUT,
+            )  # fmt: skip
+            assert sent["result"] == {"sent": "doorbell.wav", "to": "kim/desk"}, sent
+            files = (await request(kim.control_socket, "files"))["result"]["received"]
+            assert files == [{"name": "doorbell.wav", "size": 1 << 20}]
+            landed = kim.state_dir / "downloads" / "doorbell.wav"
+            assert landed.read_bytes() == payload
+            assert landed.stat().st_mode & 0o777 == 0o600
+            assert receiver.transfers is not None and not receiver.transfers._cores
 
     run_uv(main())

@@ -44,12 +44,14 @@ from edge.client.call import Call, CallManager
 from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
 from edge.client.errors import PeerUnreachable, UplinkFailed
+from edge.client.files import TransferFailed
 from edge.client.login import Credentials, LoginSession, login
 from edge.client.peers import Found, Peers
 from edge.client.port import PortCore, relay_address
 from edge.client.ports import PortChoice, bind_both, choose
 from edge.client.promote import PromotionDriver
 from edge.client.promotion import Promotion, Thresholds
+from edge.client.transfers import TransferDriver
 from edge.client.uplink import Ladder, Link, attach, connect
 from edge.crypto.cert import TrustStore
 from edge.crypto.keys import DeviceKeys
@@ -153,6 +155,7 @@ class Agent:
         self._task: asyncio.Task[None] | None = None
         self.peers: Peers | None = None
         self.calls: CallDriver | None = None
+        self.transfers: TransferDriver | None = None
         self.promotion: PromotionDriver | None = None
         self._promoting: asyncio.Task[None] | None = None
         self.inbox: deque[JsonObject] = deque(maxlen=MAX_INBOX)
@@ -170,6 +173,8 @@ class Agent:
                 "answer": self.answer,
                 "hangup": self.hangup,
                 "buddies": self.list_buddies,
+                "send-file": self.send_file,
+                "files": self.files,
                 "buddy": self.change_buddy,
             },
         )
@@ -277,6 +282,7 @@ class Agent:
         self.peers.on_media = self.calls.on_media
         self._core.checks = self.calls.on_stun
         self.calls.preopen = partial(_preopen, udp)
+        self.transfers = TransferDriver(self.peers, self.config.state_dir / "downloads")
         self.promotion = self._promotion_driver(wall_offset)
         _log.info("port %d: %s", self.port.port, self.port.note)
 
@@ -524,8 +530,11 @@ class Agent:
 
     def _peer_message(self, peer: tuple[str, str], message: Message) -> None:
         assert self.peers is not None and self.calls is not None
+        assert self.transfers is not None
         index = self.peers.session_of(peer)
-        if index is not None and self.calls.on_signal(index, message):
+        if index is not None and (
+            self.calls.on_signal(index, message) or self.transfers.on_message(index, message)
+        ):
             return
         body = message.body
         if message.type is MsgType.INSTANT_MESSAGE:
@@ -605,6 +614,25 @@ class Agent:
         session = await self.peers.session(devices[0].user, devices[0].device)
         call_id = self.calls.place(user, session)
         return {"call": call_id.hex(), "device": f"{devices[0].user}/{devices[0].device}"}
+
+    async def send_file(self, args: Mapping[str, Any]) -> JsonObject:
+        """Send the file at ``args["path"]`` to ``args["user"]``'s first online device."""
+        user, path = str(args.get("user", "")), Path(str(args.get("path", "")))
+        if not path.is_file():
+            raise PeerUnreachable(f"no file at {path}")
+        link = self._online_link()
+        assert self.peers is not None and self.transfers is not None
+        devices = [f for f in await self.peers.find(link, user) if f.online]
+        if not devices:
+            raise PeerUnreachable(f"{user} has no device online")
+        session = await self.peers.session(devices[0].user, devices[0].device)
+        outcome = await self.transfers.send(session, path)
+        if isinstance(outcome, TransferFailed):
+            raise PeerUnreachable(f"the transfer failed: {outcome.reason}")
+        return {"sent": path.name, "to": f"{devices[0].user}/{devices[0].device}"}
+
+    def files(self, args: Any) -> JsonObject:
+        return {"received": list(self.transfers.received) if self.transfers else []}
 
     async def list_buddies(self, args: Any) -> JsonObject:
         """The buddy list, brought up to date with the login server first."""
