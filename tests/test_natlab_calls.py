@@ -13,6 +13,7 @@ cross namespaces.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -260,3 +261,17 @@ def test_a_call_takes_the_best_path_the_pair_allows(
     assert caller_call["frames_received"] >= 25 and callee_call["frames_received"] >= 25
     assert ctl(network.agents[caller], "hangup")["ok"]
     assert _until(network.agents[callee], "ended")["reason"] == "hang-up"
+    # A message and a 1 MB file go end to end between the same two devices.
+    text = f"from {caller} to {callee}"
+    sent = ctl(network.agents[caller], "send", user=callee_user, text=text)
+    assert sent["ok"] and sent["result"]["devices"] == 1, sent
+    inbox = ctl(network.agents[callee], "messages")["result"]["messages"]
+    assert text in [m["text"] for m in inbox]
+    name = f"{caller}-{callee}.bin"
+    payload = os.urandom(1 << 20)
+    (network.tmp / name).write_bytes(payload)
+    shipped = ctl(
+        network.agents[caller], "send-file", user=callee_user, path=str(network.tmp / name)
+    )
+    assert shipped["ok"], shipped
+    assert (network.tmp / f"{callee}-state" / "downloads" / name).read_bytes() == payload
