@@ -445,3 +445,27 @@ def test_a_file_goes_end_to_end_and_arrives_whole(tmp_path: Path) -> None:
             assert receiver.transfers is not None and not receiver.transfers._cores
 
     run_uv(main())
+
+
+def test_a_message_for_someone_offline_waits_in_the_mailbox_until_they_log_in(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            lee = net.agent_config("lee", [node.bound.udp])
+            max_ = net.agent_config("max", [node.bound.udp])
+            await net.agent(lee)
+            # max enrols once, then goes offline.
+            first = await net.agent(max_)
+            await first.stop()
+            sent = await request(lee.control_socket, "send", {"user": "max", "text": "later"})
+            assert sent["result"]["devices"] == 0 and sent["result"]["stored_offline"], sent
+            await net.agent(max_, password=None)
+            inbox = (await request(max_.control_socket, "messages"))["result"]["messages"]
+            assert [(m["from"], m["text"], m["offline"]) for m in inbox] == [
+                ("lee/desk", "later", True)
+            ]
+
+    run_uv(main())

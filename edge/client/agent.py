@@ -39,7 +39,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edge.client import buddies, hostcache
+from edge.client import buddies, hostcache, mailbox
 from edge.client.call import Call, CallManager
 from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
@@ -71,10 +71,13 @@ from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     BuddyOp,
     CandidateKind,
+    MailKind,
     Message,
     ReceiptStatus,
     Transport,
     build_signed_revocation_list,
+    decode,
+    encode,
     parse_certificate,
     parse_signed_revocation_list,
 )
@@ -103,6 +106,7 @@ SRFLX_PRIORITY = (100 << 24) | (65535 << 8) | 255
 RELAY_PRIORITY = (0 << 24) | (65535 << 8) | 255
 RELAY_TTL = 3600
 RELAY_CONNECT_TIMEOUT = 5.0
+GOODBYE_TIMEOUT = 1.0
 
 
 @dataclass
@@ -190,6 +194,7 @@ class Agent:
             self._promoting = asyncio.create_task(self.promotion.run())
 
     async def stop(self) -> None:
+        await self._say_goodbye()
         if self._promoting is not None:
             self._promoting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -219,6 +224,15 @@ class Agent:
         self._changes.set()
         self._changes = asyncio.Event()
 
+    async def _say_goodbye(self) -> None:
+        """Publish a record that says "last seen now" rather than "online", so that
+        nobody tries to reach this device where it no longer is (best effort)."""
+        link = self.link
+        if link is None or link.closed.is_set() or not self.online.is_set():
+            return
+        with contextlib.suppress(EdgeError, OSError, TimeoutError):
+            await asyncio.wait_for(self._publish(link, online=False), GOODBYE_TIMEOUT)
+
     # -- 1. login
 
     async def _login(self) -> None:
@@ -243,8 +257,26 @@ class Agent:
             self._revocation_list = raw
             self._relays, self._login_relay = await _relay_servers(session, config)
             await self._sync_buddies(session)
+            await self._fetch_mail(session)
         finally:
             session.close()
+
+    async def _fetch_mail(self, session: LoginSession) -> None:
+        """Messages left in the mailbox while this device was away, into the inbox."""
+        delivered, unreadable = await mailbox.fetch(session, self.keys.dh)
+        for item in delivered:
+            if item.kind is not MailKind.MESSAGE:
+                continue
+            try:
+                text = decode(item.content).body.text
+            except EdgeError:
+                continue  # sealed to us, but not a message we can read: skip it
+            self.inbox.append(
+                {"from": f"{item.sender}/{item.sender_device}", "text": text,
+                 "sent_ms": item.stored_ms, "id": item.message_id.hex(), "offline": True}
+            )  # fmt: skip
+        if unreadable:
+            _log.warning("%d mailbox items could not be opened", len(unreadable))
 
     async def _renewed_session(self) -> LoginSession:
         """A fresh session with the login server, renewed with the device key alone."""
@@ -397,7 +429,7 @@ class Agent:
 
     # -- 4. presence
 
-    async def _publish(self, link: Link) -> None:
+    async def _publish(self, link: Link, *, online: bool = True) -> None:
         candidates = self._candidates(link)
         if self.calls is not None:
             reflexive = self.nat.reflexive if self.nat is not None else None
@@ -410,6 +442,7 @@ class Agent:
             candidates=candidates,
             seq=(seq := next_sequence(self.presence.seq, time.time())),
             now=time.time(),
+            online_for=None if online else 0,
         )
         answer = await link.request(
             MsgType.PRESENCE_PUBLISH, {"record": record}, MsgType.PRESENCE_RESULT
@@ -571,12 +604,39 @@ class Agent:
         assert self.peers is not None
         devices = [f for f in await self.peers.find(link, user) if f.online]
         if not devices:
-            raise PeerUnreachable(f"{user} has no device online")
+            return await self._leave_in_mailbox(user, text)
         delivered = []
         for found in devices:
-            if await self._send_one(found, text):
-                delivered.append(f"{found.user}/{found.device}")
+            with contextlib.suppress(PeerUnreachable):
+                if await self._send_one(found, text):
+                    delivered.append(f"{found.user}/{found.device}")
+        if not delivered:
+            # Its records said online, but no device answered: gone since.
+            return await self._leave_in_mailbox(user, text)
         return {"delivered_to": delivered, "devices": len(devices)}
+
+    async def _leave_in_mailbox(self, user: str, text: str) -> JsonObject:
+        """Nobody online: seal the message to each of the user's devices at the login
+        server, which cannot read it; they fetch it when they next log in."""
+        content = encode(MsgType.INSTANT_MESSAGE, self._message_body(user, text, os.urandom(16)))
+        session = await self._renewed_session()
+        try:
+            message_id = await mailbox.leave(session, self.trust, user, content)
+        except EdgeError as exc:
+            raise PeerUnreachable(f"{user} has no device online, and the mailbox: {exc}") from None
+        finally:
+            session.close()
+        return {"delivered_to": [], "devices": 0, "stored_offline": message_id.hex()}
+
+    def _message_body(self, user: str, text: str, message_id: bytes) -> dict[str, Any]:
+        return {
+            "message_id": message_id,
+            "sender": self.config.user_id,
+            "recipient": user,
+            "sequence": next_sequence(0, time.time()),
+            "sent_ms": int(time.time() * 1000),
+            "text": text,
+        }
 
     async def _send_one(self, found: Found, text: str) -> bool:
         assert self.peers is not None
@@ -584,14 +644,7 @@ class Agent:
         message_id = os.urandom(16)
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._receipts[message_id] = waiter
-        body = {
-            "message_id": message_id,
-            "sender": self.config.user_id,
-            "recipient": found.user,
-            "sequence": next_sequence(0, time.time()),
-            "sent_ms": int(time.time() * 1000),
-            "text": text,
-        }
+        body = self._message_body(found.user, text, message_id)
         try:
             self.peers.send(index, MsgType.INSTANT_MESSAGE, body)
             return await asyncio.wait_for(waiter, RECEIPT_TIMEOUT) == ReceiptStatus.DELIVERED

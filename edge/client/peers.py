@@ -39,7 +39,8 @@ from edge.session.events import (
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import Message
 
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0
+"""Through two supernodes a handshake takes a few round trips: well under a second."""
 MAX_PEERS = 256
 
 Device = tuple[str, str]
