@@ -22,7 +22,19 @@ How it starts:
 
 When the supernode goes (DETACH, or the session ends) the agent goes back to
 step 3 after a pause that doubles up to a minute, with jitter, preferring
-the alternatives it was handed. ``edge ctl status`` shows all of it.
+the alternatives it was handed. When it stops it publishes a record that says
+"last seen" rather than "online".
+
+Then, on behalf of ``edge ctl``: sessions with other devices through the
+supernodes (:mod:`edge.client.peers`), messages in them with a receipt, or
+sealed into the login server's mailbox when no device of the user answers
+(fetched at the next login); calls (:mod:`edge.client.calls`) with host,
+reflexive and relayed candidates — the relay allocated over UDP from port P
+at a configured standard TURN server or the login server's, or over the TCP
+connection the link took when only TCP gets out; files
+(:mod:`edge.client.transfers`); the buddy list, synced at login; and, when
+the operator allows it, promotion to supernode (:mod:`edge.client.promote`).
+``edge ctl status`` shows all of it.
 """
 
 import asyncio
@@ -129,10 +141,10 @@ class Agent:
         self.certificate = b""
         self._revocation_list = b""
         self._relays: list[RelayServer] = []
+        """TURN servers to allocate at over UDP, with credentials: configured ones first."""
         self._login_relay: tuple[str, str] | None = None
         """The login server's TURN credentials, for the supernode a TCP link reaches."""
         self._turn_stream: StreamAdapter | None = None
-        """TURN servers to allocate at, with credentials: configured ones first."""
         self.relayed: Address | None = None
         self.port: PortChoice | None = None
         self.link: Link | None = None
