@@ -5,7 +5,9 @@ moves to another supernode when its own goes away."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -467,5 +469,53 @@ def test_a_message_for_someone_offline_waits_in_the_mailbox_until_they_log_in(
             assert [(m["from"], m["text"], m["offline"]) for m in inbox] == [
                 ("lee/desk", "later", True)
             ]
+
+    run_uv(main())
+
+
+def test_garbage_sprayed_at_port_p_leaves_a_call_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            kay = net.agent_config("kay", [node.bound.udp])
+            lou = replace(net.agent_config("lou", [node.bound.udp]), auto_answer=frozenset({"kay"}))
+            caller = await net.agent(kay)
+            callee = await net.agent(lou)
+            assert (await request(kay.control_socket, "call", {"user": "lou"}))["ok"]
+            await asyncio.wait_for(_until_active(callee), TIMEOUT)
+            await asyncio.wait_for(_until_frames(callee, 10), TIMEOUT)
+            assert callee.port is not None and callee._adapter is not None
+            target = ("127.0.0.1", callee.port.port)
+            before = sum(callee._adapter.dropped.values())
+            # Garbage, edge datagrams of no session, STUN nonsense: none of it may disturb
+            # the call. (Replays of the call's own datagrams meet the session's replay
+            # window, tested with the session.)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spray:
+                for size in range(1, 200):
+                    spray.sendto(os.urandom(size), target)
+                    spray.sendto(b"\xed\x9e\x01\x05" + os.urandom(size), target)
+                    spray.sendto(b"\x00\x01" + os.urandom(size), target)
+            assert caller.calls is not None
+            frames = _calls(callee)[0]["frames_received"]
+            await asyncio.wait_for(_until_frames(callee, frames + 25), TIMEOUT)
+            assert _calls(callee)[0]["state"] == "active"
+            assert sum(callee._adapter.dropped.values()) > before
+
+    run_uv(main())
+
+
+def test_a_corrupt_host_cache_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with network(tmp_path) as net:
+            node = await net.supernode()
+            assert node.bound is not None
+            config = net.agent_config("mel", [node.bound.udp])
+            config.state_dir.mkdir(parents=True)
+            (config.state_dir / "hostcache.json").write_bytes(b"{not json")
+            agent = await net.agent(config)
+            assert agent.online.is_set()
+            saved = json.loads((config.state_dir / "hostcache.json").read_text())
+            assert saved  # rewritten whole, with the supernode that worked
 
     run_uv(main())
