@@ -113,6 +113,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         for site, control in agents.items():
             if SITE_KINDS[site] not in ("udp-blocked", "tcp-web-only"):
                 _self_tested(control)
+            _relayed(control)
         yield Network(built, tmp, agents)
 
 
@@ -207,6 +208,14 @@ def _self_tested(control: Path) -> None:
     deadline = time.monotonic() + TIMEOUT
     while ctl(control, "status")["result"]["nat"] is None:
         assert time.monotonic() < deadline, "the self-test never reported"
+        time.sleep(0.1)
+
+
+def _relayed(control: Path) -> None:
+    """Wait until the agent holds its TURN allocation (a relayed candidate)."""
+    deadline = time.monotonic() + TIMEOUT
+    while ctl(control, "status")["result"]["relay"] is None:
+        assert time.monotonic() < deadline, "no relayed address"
         time.sleep(0.1)
 
 

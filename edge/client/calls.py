@@ -334,6 +334,7 @@ class CallDriver:
                     "reason": call.reason.value if call.reason else None,
                     "path": self._path_name(call),
                     "rtt_ms": round(path.rtt * 1000, 1) if path and path.rtt else None,
+                    "pairs": len(call.pairs),
                     "frames_sent": media.sent,
                     "frames_received": media.received,
                 }
