@@ -119,6 +119,11 @@ RELAY_PRIORITY = (0 << 24) | (65535 << 8) | 255
 RELAY_TTL = 3600
 RELAY_CONNECT_TIMEOUT = 5.0
 GOODBYE_TIMEOUT = 1.0
+KEEPALIVE_INTERVAL = 15.0
+"""Half of the 30 s after which Linux conntrack forgets an unanswered UDP mapping."""
+BINDING_INDICATION = bytes.fromhex("0011 0000 2112a442") + bytes(12)
+"""A STUN Binding indication (RFC 8489 §6.2), with no attributes: a server answers
+nothing, but the NAT on the way sees traffic and keeps the mapping."""
 
 
 @dataclass
@@ -174,6 +179,7 @@ class Agent:
         self.transfers: TransferDriver | None = None
         self.promotion: PromotionDriver | None = None
         self._promoting: asyncio.Task[None] | None = None
+        self._keeping: asyncio.Task[None] | None = None
         self.inbox: deque[JsonObject] = deque(maxlen=MAX_INBOX)
         """The latest messages received, newest last, for ``edge ctl messages``."""
         self._receipts: dict[bytes, asyncio.Future[int]] = {}
@@ -202,11 +208,16 @@ class Agent:
         await self._open_port()
         await self.control.start()
         self._task = asyncio.create_task(self._stay_online())
+        self._keeping = asyncio.create_task(self._keep_mappings_open())
         if self.promotion is not None and self.config.supernode != "never":
             self._promoting = asyncio.create_task(self.promotion.run())
 
     async def stop(self) -> None:
         await self._say_goodbye()
+        if self._keeping is not None:
+            self._keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeping
         if self._promoting is not None:
             self._promoting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -244,6 +255,23 @@ class Agent:
             return
         with contextlib.suppress(EdgeError, OSError, TimeoutError):
             await asyncio.wait_for(self._publish(link, online=False), GOODBYE_TIMEOUT)
+
+    async def _keep_mappings_open(self) -> None:
+        """Every :data:`KEEPALIVE_INTERVAL`, a datagram to the supernode (in the link's
+        session) and to the TURN server (a STUN Binding indication, which asks for no
+        answer): a NAT forgets an idle UDP mapping after about 30 s (Linux conntrack's
+        default), and the supernode's signalling and the relay's data come in through
+        those mappings."""
+        while True:
+            await asyncio.sleep(KEEPALIVE_INTERVAL)
+            link, turn = self.link, self._core.turn
+            if link is not None and link.transport == "udp" and not link.closed.is_set():
+                with contextlib.suppress(EdgeError):
+                    link.send(MsgType.KEEPALIVE, {"nonce": 0, "sent_ms": 0, "echo": False})
+            if turn is not None and not turn.stream and turn.is_allocated:
+                self._core.raw_out.append((BINDING_INDICATION, turn.server))
+                assert self._adapter is not None
+                self._adapter.poke()
 
     # -- 1. login
 
@@ -326,6 +354,7 @@ class Agent:
         self.peers.on_media = self.calls.on_media
         self._core.checks = self.calls.on_stun
         self.calls.preopen = partial(_preopen, udp)
+        self.calls.permit = self._permit
         self.transfers = TransferDriver(self.peers, self.config.state_dir / "downloads")
         self.promotion = self._promotion_driver(wall_offset)
         _log.info("port %d: %s", self.port.port, self.port.note)
@@ -488,6 +517,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         local = (_local_ip_towards(link.supernode), self.port.port)
         self._core.stun = ConnectivityTest(link.supernode, local, loop.time())
+        assert self._adapter is not None
+        self._adapter.poke()
+
+    def _permit(self, peer: Address) -> None:
+        self._core.permit(peer, asyncio.get_running_loop().time())
         assert self._adapter is not None
         self._adapter.poke()
 

@@ -102,6 +102,8 @@ class CallDriver:
         self.core = core
         self._poke = poke
         self.preopen: Callable[[Address], None] = lambda address: None
+        self.permit: Callable[[Address], None] = lambda address: None
+        """Have our TURN allocation accept traffic from ``address``'s IP."""
         self.relay_over_tcp = False
         """Our relayed candidate is reached over TCP: a path through it is relay-tcp."""
         """Send a short-lived packet to ``address`` from port P (the agent's socket)."""
@@ -283,6 +285,10 @@ class CallDriver:
         }
         for address in targets:
             self.preopen(address)
+        # Our relay passes the peer's checks only from IPs it has a permission for:
+        # ask for every candidate of the peer's before the first check arrives.
+        for remote in {pair.remote.address for pair in call.pairs}:
+            self.permit(remote)
 
     def _arm(self) -> None:
         if self._timer is not None:

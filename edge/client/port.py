@@ -19,6 +19,7 @@ its keys and its index stay the same when the call later moves it to a
 direct path.
 """
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 
@@ -124,6 +125,16 @@ class PortCore:
             self._relay(data, relayed, now)
         else:
             out.append((data, address))
+
+    def permit(self, peer: Address, now: float) -> None:
+        """Ask our TURN allocation to relay to and from ``peer``'s IP (no-op without one)."""
+        turn = self.turn
+        if turn is None or not turn.is_allocated or relayed_peer(peer) or via_peer(peer):
+            return
+        with contextlib.suppress(EdgeError):
+            turn.create_permission(peer, now)
+        if turn.stream:
+            self.turn_poke()
 
     def _relay(self, data: bytes, peer: Address, now: float) -> None:
         turn = self.turn
