@@ -244,6 +244,10 @@ def _until(control: Path, state: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("caller", "callee", "callee_user", "path"),
     [
+        # First, on a fresh lab: a relayed call that no earlier traffic has prepared
+        # (the relay's permissions must come from the call itself). Public to symmetric
+        # could be punched, were peer-reflexive candidates learned from checks: not yet.
+        ("pub1", "sym2", "fay", "relay-udp"),
         ("pub1", "pub2", "ben", "direct-udp"),
         ("home1", "pub2", "ben", "punched-udp"),
         ("home1", "home2", "dan", "punched-udp"),
@@ -255,9 +259,6 @@ def _until(control: Path, state: str) -> dict[str, Any]:
         ("sym1", "office2", "jon", "relay-udp"),
         ("pub1", "office2", "jon", "relay-udp"),
         ("sym2", "blocked2", "ivy", "relay-udp"),
-        # Public to symmetric could be punched (the public side learning the symmetric
-        # side's peer-reflexive address from its checks); that is not done yet: relayed.
-        ("pub1", "sym2", "fay", "relay-udp"),
         ("blocked", "blocked2", "ivy", "relay-tcp"),
         ("blocked", "office2", "jon", "relay-tcp"),
         ("office", "office2", "jon", "relay-tcp"),
