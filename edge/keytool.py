@@ -12,13 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.crypto.cert import TrustStore, issue
+from edge.crypto.cert import TrustStore, issue, read_certificate
 from edge.crypto.keys import DeviceKeys, IssuerKey
 from edge.errors import LocalError
 from edge.runtime.config import write_atomic
 from edge.wire.messages import parse_certificate
-
-MAX_CERT_FILE = 4096
 
 
 def add_parser(commands: Any) -> None:
@@ -105,14 +103,6 @@ def certify(
         not_before=now - 60,
         not_after=now + seconds,
     )
-
-
-def read_certificate(path: Path) -> bytes:
-    with path.open("rb") as f:
-        raw = f.read(MAX_CERT_FILE + 1)
-    if len(raw) > MAX_CERT_FILE:
-        raise LocalError(f"{path}: larger than {MAX_CERT_FILE} bytes, not a certificate")
-    return raw
 
 
 def describe(raw: bytes) -> str:

@@ -102,6 +102,12 @@ class Network:
             control_socket=self.tmp / f"agent-{user}.sock",
         )
 
+    async def home(self) -> tuple[str, int]:
+        """One supernode, started; the address devices bootstrap from."""
+        node = await self.supernode()
+        assert node.bound is not None
+        return node.bound.udp
+
     async def agent(self, config: AgentConfig, password: str | None = PASSWORD) -> Agent:
         agent = Agent(config, password=password)
         await agent.start()
@@ -166,9 +172,8 @@ def test_an_agent_enrols_attaches_publishes_and_reports_it(tmp_path: Path) -> No
 def test_a_second_start_renews_without_the_password_and_keeps_its_port(tmp_path: Path) -> None:
     async def main() -> None:
         async with network(tmp_path) as net:
-            node = await net.supernode()
-            assert node.bound is not None
-            config = net.agent_config("bob", [node.bound.udp])
+            home = await net.home()
+            config = net.agent_config("bob", [home])
             first = await net.agent(config)
             assert first.port is not None
             port = first.port.port
@@ -355,9 +360,8 @@ def test_an_agent_allowed_to_serve_is_dialled_back_by_three_supernodes_and_promo
 def test_an_agent_that_may_not_serve_says_why(tmp_path: Path) -> None:
     async def main() -> None:
         async with network(tmp_path) as net:
-            node = await net.supernode()
-            assert node.bound is not None
-            config = net.agent_config("fay", [node.bound.udp])
+            home = await net.home()
+            config = net.agent_config("fay", [home])
             await net.agent(config)
             role = (await request(config.control_socket, "status"))["result"]["supernode_role"]
             assert (role["state"], role["reason"]) == ("client", "never: operator setting")
@@ -402,10 +406,9 @@ def test_a_device_configured_with_a_standard_turn_server_relays_through_it(
 def test_buddies_are_asked_for_accepted_and_listed_through_edge_ctl(tmp_path: Path) -> None:
     async def main() -> None:
         async with network(tmp_path) as net:
-            node = await net.supernode()
-            assert node.bound is not None
-            hal = net.agent_config("hal", [node.bound.udp])
-            ida = net.agent_config("ida", [node.bound.udp])
+            home = await net.home()
+            hal = net.agent_config("hal", [home])
+            ida = net.agent_config("ida", [home])
             await net.agent(hal)
             await net.agent(ida)
             asked = await request(hal.control_socket, "buddy", {"op": "add", "user": "ida"})
@@ -425,10 +428,9 @@ def test_buddies_are_asked_for_accepted_and_listed_through_edge_ctl(tmp_path: Pa
 def test_a_file_goes_end_to_end_and_arrives_whole(tmp_path: Path) -> None:
     async def main() -> None:
         async with network(tmp_path) as net:
-            node = await net.supernode()
-            assert node.bound is not None
-            jim = net.agent_config("jim", [node.bound.udp])
-            kim = net.agent_config("kim", [node.bound.udp])
+            home = await net.home()
+            jim = net.agent_config("jim", [home])
+            kim = net.agent_config("kim", [home])
             await net.agent(jim)
             receiver = await net.agent(kim)
             payload = os.urandom(1 << 20)
@@ -454,10 +456,9 @@ def test_a_message_for_someone_offline_waits_in_the_mailbox_until_they_log_in(
 ) -> None:
     async def main() -> None:
         async with network(tmp_path) as net:
-            node = await net.supernode()
-            assert node.bound is not None
-            lee = net.agent_config("lee", [node.bound.udp])
-            max_ = net.agent_config("max", [node.bound.udp])
+            home = await net.home()
+            lee = net.agent_config("lee", [home])
+            max_ = net.agent_config("max", [home])
             await net.agent(lee)
             # max enrols once, then goes offline.
             first = await net.agent(max_)
@@ -476,10 +477,9 @@ def test_a_message_for_someone_offline_waits_in_the_mailbox_until_they_log_in(
 def test_garbage_sprayed_at_port_p_leaves_a_call_alone(tmp_path: Path) -> None:
     async def main() -> None:
         async with network(tmp_path) as net:
-            node = await net.supernode()
-            assert node.bound is not None
-            kay = net.agent_config("kay", [node.bound.udp])
-            lou = replace(net.agent_config("lou", [node.bound.udp]), auto_answer=frozenset({"kay"}))
+            home = await net.home()
+            kay = net.agent_config("kay", [home])
+            lou = replace(net.agent_config("lou", [home]), auto_answer=frozenset({"kay"}))
             caller = await net.agent(kay)
             callee = await net.agent(lou)
             assert (await request(kay.control_socket, "call", {"user": "lou"}))["ok"]
@@ -508,9 +508,8 @@ def test_garbage_sprayed_at_port_p_leaves_a_call_alone(tmp_path: Path) -> None:
 def test_a_corrupt_host_cache_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
     async def main() -> None:
         async with network(tmp_path) as net:
-            node = await net.supernode()
-            assert node.bound is not None
-            config = net.agent_config("mel", [node.bound.udp])
+            home = await net.home()
+            config = net.agent_config("mel", [home])
             config.state_dir.mkdir(parents=True)
             (config.state_dir / "hostcache.json").write_bytes(b"{not json")
             agent = await net.agent(config)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.crypto.cert import TrustStore, issue
+from edge.crypto.cert import CERTIFICATE_FILE_MAX, TrustStore, issue, read_certificate
 from edge.crypto.errors import (
     BadSignature,
     CertificateExpired,
+    CertificateFileError,
     CertificateKeyMismatch,
     CertificateNotYetValid,
     CertificateRevoked,
@@ -199,3 +200,22 @@ def test_bad_key_files_name_the_problem(tmp_path: Path, text: str, reason: str) 
 def test_missing_key_file(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="cannot open"):
         DeviceKeys.load(tmp_path / "absent.key")
+
+
+def test_a_certificate_file_is_read_with_a_cap_and_a_clear_error(tmp_path: Path) -> None:
+    good = tmp_path / "good.cert"
+    good.write_bytes(b"\x01" * 200)
+    assert read_certificate(good) == b"\x01" * 200
+    for name, content in (("empty.cert", b""), ("huge.cert", bytes(CERTIFICATE_FILE_MAX + 1))):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CertificateFileError, match=name):
+            read_certificate(tmp_path / name)
+    with pytest.raises(CertificateFileError, match="cannot read"):
+        read_certificate(tmp_path / "absent.cert")
+
+
+def test_keys_are_made_at_first_use_then_kept(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "device.key"
+    made = DeviceKeys.load_or_generate(path)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert DeviceKeys.load_or_generate(path).dh_public == made.dh_public

@@ -65,7 +65,7 @@ from edge.client.promote import PromotionDriver
 from edge.client.promotion import Promotion, Thresholds
 from edge.client.transfers import TransferDriver
 from edge.client.uplink import Ladder, Link, attach, connect
-from edge.crypto.cert import TrustStore
+from edge.crypto.cert import TrustStore, read_certificate
 from edge.crypto.keys import DeviceKeys
 from edge.crypto.revocation import RevocationCache, verify_revocations
 from edge.errors import EdgeError
@@ -108,7 +108,6 @@ BUDDY_OPS = {
     "block": BuddyOp.BLOCK,
     "unblock": BuddyOp.UNBLOCK,
 }
-MAX_CERTIFICATE_FILE = 4096
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 60.0
 MAX_INBOX = 200
@@ -142,7 +141,7 @@ class Agent:
         self._password = password
         self.trust = TrustStore([config.issuer_key])
         self.revocations = RevocationCache(self.trust)
-        self.keys = _device_keys(config.state_dir)
+        self.keys = DeviceKeys.load_or_generate(config.state_dir / KEY_FILE)
         self.certificate = b""
         self._revocation_list = b""
         self._relays: list[RelayServer] = []
@@ -277,7 +276,8 @@ class Agent:
 
     async def _login(self) -> None:
         config = self.config
-        held = _read_certificate(config.state_dir / CERT_FILE)
+        path = config.state_dir / CERT_FILE
+        held = read_certificate(path) if path.exists() else b""
         password = None if held else self._password
         if not held and password is None:
             raise UplinkFailed(
@@ -886,23 +886,6 @@ def _preopen(sock: socket.socket, address: Address) -> None:
 
 
 DEFAULT_TTL = 64
-
-
-def _device_keys(state_dir: Path) -> DeviceKeys:
-    path = state_dir / KEY_FILE
-    if not path.exists():
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        DeviceKeys.generate().save(path)
-    return DeviceKeys.load(path)
-
-
-def _read_certificate(path: Path) -> bytes:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CERTIFICATE_FILE + 1)
-    except FileNotFoundError:
-        return b""
-    return data if 0 < len(data) <= MAX_CERTIFICATE_FILE else b""
 
 
 def _not_after(certificate: bytes) -> int | None:

@@ -15,12 +15,14 @@ revocation, then the validity window.
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nacl.signing import VerifyKey
 
 from edge.crypto.errors import (
     BadSignature,
     CertificateExpired,
+    CertificateFileError,
     CertificateKeyMismatch,
     CertificateNotYetValid,
     CertificateRevoked,
@@ -189,3 +191,22 @@ def _check_binding(cert: Certificate, dh_key: bytes | None, user_id: str | None)
         raise CertificateKeyMismatch(
             f"certificate serial {cert.serial} is for {cert.user_id!r}, expected {user_id!r}"
         )
+
+
+CERTIFICATE_FILE_MAX = 4096
+"""No certificate is this large (the wire caps one far below): a bigger file is not one."""
+
+
+def read_certificate(path: Path) -> bytes:
+    """The bytes of the certificate file at ``path``, read with a cap; not verified.
+
+    Raises :class:`CertificateFileError` naming the file and why it cannot be one.
+    """
+    try:
+        with path.open("rb") as file:
+            data = file.read(CERTIFICATE_FILE_MAX + 1)
+    except OSError as exc:
+        raise CertificateFileError(f"cannot read the certificate {path}: {exc.strerror}") from None
+    if not data or len(data) > CERTIFICATE_FILE_MAX:
+        raise CertificateFileError(f"{path} is not a certificate ({len(data)} bytes)")
+    return data

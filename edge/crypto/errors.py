@@ -34,6 +34,10 @@ class KeyFileError(RemoteError):
     """A key file is missing, malformed or readable by others."""
 
 
+class CertificateFileError(RemoteError):
+    """A certificate file cannot be read, is empty, or is too large to be one."""
+
+
 class CertificateError(CryptoError):
     """A certificate did not verify; subclasses say why."""
 

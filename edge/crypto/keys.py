@@ -59,6 +59,15 @@ class DeviceKeys:
         _save(path, "device keys", sign_seed=bytes(self.sign), dh_private=self.dh.private)
 
     @classmethod
+    def load_or_generate(cls, path: Path) -> "DeviceKeys":
+        """The keys at ``path``; made and saved there first when there is no file (a
+        device's or a supernode's first start), in a folder made 0700."""
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            cls.generate().save(path)
+        return cls.load(path)
+
+    @classmethod
     def load(cls, path: Path) -> "DeviceKeys":
         """Read keys written by :meth:`save`; refuse a file others can read."""
         values = _read_private_toml(path)

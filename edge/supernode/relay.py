@@ -55,6 +55,9 @@ from edge.stun.errors import StunError
 from edge.stun.framing import StreamDeframer
 from edge.stun.turn import AllocationCreated, AllocationDeleted, TurnServer
 
+EDGE_FIRST_BYTE: Final = 0xED
+"""The first byte of every edge datagram (the wire format's magic, 0xED9E): an int
+comparison, since slicing would make a bytes object for every relayed packet."""
 EDGE_STREAM_MAGIC: Final = b"\xed\x9e"
 """An edge session over TCP starts with a 2-byte frame length, then the wire
 format's magic; STUN has its message type and length there, and its own magic
@@ -225,7 +228,7 @@ class RelayAdapter:
         assert sock is not None
         edge = False
         for data, source in read_batch(sock, self.counters):
-            if data[:1] == b"\xed" and self._edge is not None:
+            if data and data[0] == EDGE_FIRST_BYTE and self._edge is not None:
                 self._edge_datagram(self._edge, data, source)
                 edge = True
             else:

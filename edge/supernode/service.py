@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.client.ports import bind_both, choose
-from edge.crypto.cert import TrustStore
+from edge.crypto.cert import TrustStore, read_certificate
+from edge.crypto.errors import CertificateFileError
 from edge.crypto.keys import DeviceKeys
 from edge.overlay.ids import node_id_for
 from edge.overlay.messages import Contact
@@ -70,7 +71,6 @@ _log = logging.getLogger(__name__)
 
 SOFTWARE = "edge supernode"
 KEY_FILE = "supernode.key"
-MAX_CERTIFICATE_FILE = 4096
 
 
 @dataclass(frozen=True)
@@ -300,24 +300,14 @@ class Supernode:
 
 def supernode_keys(state_dir: Path) -> DeviceKeys:
     """The supernode's Noise and signing keys, made at first start and kept (0600)."""
-    path = state_dir / KEY_FILE
-    if not path.exists():
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        DeviceKeys.generate().save(path)
-    return DeviceKeys.load(path)
+    return DeviceKeys.load_or_generate(state_dir / KEY_FILE)
 
 
 def _read_certificate(path: Path) -> bytes:
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CERTIFICATE_FILE + 1)
-    except OSError as exc:
-        raise SupernodeIdentityError(
-            f"cannot read the certificate {path}: {exc.strerror}"
-        ) from None
-    if not data or len(data) > MAX_CERTIFICATE_FILE:
-        raise SupernodeIdentityError(f"{path} is not a certificate ({len(data)} bytes)")
-    return data
+        return read_certificate(path)
+    except CertificateFileError as exc:
+        raise SupernodeIdentityError(str(exc)) from None
 
 
 def _probe_socket(host: str) -> socket.socket:
