@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edge.client.call import (
+    MAX_LEARNED,
     Action,
     Call,
     CallConfig,
@@ -102,8 +103,14 @@ class Sim:
         lose: Callable[[SendSignal], bool] = lambda signal: False,
         lose_on_wire: Callable[[], bool] = lambda: False,
         lose_check: Callable[[SendCheck], bool] = lambda check: False,
+        symmetric: frozenset[Address] = frozenset(),
     ) -> None:
         config = config or CallConfig()
+        self.symmetric = symmetric
+        """Bases behind a symmetric NAT: a new mapping for each destination, open only
+        to that destination; their server-reflexive address lets no peer in."""
+        self.mappings: dict[Address, tuple[Address, Address]] = {}
+        """A symmetric NAT's mappings: public address -> (base, the one peer let in)."""
         self.a = Side(
             Call(
                 CALL_ID,
@@ -209,12 +216,25 @@ class Sim:
             return None  # a private address of another LAN, or from a relay
         if pair.local.kind is RELAY or private:
             src = pair.local.address
+        elif pair.local.address in self.symmetric:
+            src = self._mapping(pair.local.address, dst)
         else:
             src = NAT.get(pair.local.address, pair.local.address)
+        if dst in self.mappings:
+            base, let_in = self.mappings[dst]
+            return (base, src) if src == let_in else None
         owner = next((c for c in self.peer(side).cands if c.address == dst), None)
-        if owner is None:
+        if owner is None or (owner.kind is SRFLX and owner.base in self.symmetric):
             return None
         return (owner.base if owner.kind is SRFLX else owner.address), src
+
+    def _mapping(self, base: Address, dst: Address) -> Address:
+        for public, (mapped_base, let_in) in self.mappings.items():
+            if (mapped_base, let_in) == (base, dst):
+                return public
+        public = ("198.18.0.99", 40000 + len(self.mappings))
+        self.mappings[public] = (base, dst)
+        return public
 
     def _send(
         self, side: Side, pair: Pair, arrive: Callable[[Address, Address, Wire], None]
@@ -242,9 +262,7 @@ class Sim:
         peer = self.peer(side)
         response, request = peer.call.answer_check(data, src)
         if request is not None:
-            pair = peer.call.find_pair(local, src, UDP)
-            if pair is not None:
-                peer.call.check_received(pair, self.now, use_candidate=request.use_candidate)
+            peer.call.check_from(local, src, request, self.now)
             # The answer goes back the way the check came, if that way still works.
             self.at(self.now + WIRE_DELAY, lambda: self._answer_arrives(side, response, wire))
 
@@ -253,7 +271,7 @@ class Sim:
             return
         answer = parse_check_response(data, remote=side.call.remote_credentials)
         check = side.checks.pop(answer.transaction_id)
-        side.call.check_result(check.pair, answer.ok, self.now)
+        side.call.check_result(check.pair, answer.ok, self.now, mapped=answer.mapped)
 
     def _send_media(self, side: Side, pair: Pair) -> None:
         def arrive(local: Address, src: Address, wire: Wire) -> None:
@@ -324,6 +342,51 @@ def test_only_relays_work_gives_relay_udp() -> None:
     sim.dead.add(PUNCHED)
     sim.connect()
     assert sim.a.call.path_kind is sim.b.call.path_kind is PathKind.RELAY_UDP
+
+
+A_PUBLIC = candidate(HOST, UDP, ("198.18.0.2", 4000))
+
+
+@pytest.mark.parametrize("public_calls", [True, False])
+def test_a_public_device_and_one_behind_a_symmetric_nat_punch_through(
+    public_calls: bool,
+) -> None:
+    """The symmetric NAT's mapping towards the public device is news to it: learnt from
+    the peer's check as a peer-reflexive candidate, it makes a punched path, no relay."""
+    public, behind = [A_PUBLIC, A_RELAY], [B_HOST, B_SRFLX, B_RELAY]
+    a, b = (public, behind) if public_calls else (behind, public)
+    sim = Sim(a, b, symmetric=frozenset({B_HOST.address}))
+    sim.connect()
+    assert sim.a.call.path_kind is sim.b.call.path_kind is PathKind.PUNCHED_UDP
+    side = sim.a if public_calls else sim.b
+    assert side.call.pair is not None
+    assert side.call.pair.remote.kind is CandidateKind.PEER_REFLEXIVE
+    assert side.call.pair.remote.address in sim.mappings
+    sim.run(sim.now + 3.0)
+    assert sim.a.call.state is sim.b.call.state is CallState.ACTIVE
+    assert sim.a.arrivals and sim.b.arrivals
+
+
+def test_without_the_peer_reflexive_path_a_symmetric_pair_is_relayed() -> None:
+    sim = Sim([A_HOST, A_SRFLX, A_RELAY], [B_HOST, B_SRFLX, B_RELAY],
+              symmetric=frozenset({A_HOST.address, B_HOST.address}))  # fmt: skip
+    sim.connect()
+    assert sim.a.call.path_kind is sim.b.call.path_kind is PathKind.RELAY_UDP
+
+
+def test_a_call_learns_a_few_peer_reflexive_candidates_and_no_more() -> None:
+    sim = Sim([A_PUBLIC, A_RELAY], [B_HOST, B_SRFLX, B_RELAY])
+    sim.connect()
+    call, peer = sim.a.call, sim.b.call
+    before = len(call.pairs)
+    for port in range(MAX_LEARNED + 3):
+        check = SendCheck(sim.b.call.pairs[0], 1, False)
+        data = peer.build_check(check, port.to_bytes(12, "big"))
+        _, request = call.answer_check(data, ("198.18.0.77", 30000 + port))
+        assert request is not None
+        call.check_from(A_PUBLIC.address, ("198.18.0.77", 30000 + port), request, sim.now)
+    assert len(call.pairs) == before + MAX_LEARNED
+    assert call.drops["too many peer-reflexive"] == 3
 
 
 def test_public_tcp_hosts_are_direct_tcp() -> None:

@@ -8,6 +8,7 @@ from edge.errors import LocalError
 from edge.wire.messages import CandidateKind, Transport
 
 HOST, SRFLX, RELAY = CandidateKind.HOST, CandidateKind.SERVER_REFLEXIVE, CandidateKind.RELAY
+PRFLX = CandidateKind.PEER_REFLEXIVE
 UDP = Transport.UDP
 
 
@@ -100,3 +101,49 @@ def test_an_empty_checklist_is_our_mistake() -> None:
 
 def checklist_pair(checklist: Checklist, index: int) -> object:
     return checklist._entries[index].pair
+
+
+def test_a_triggered_check_goes_ahead_of_the_ordinary_order() -> None:
+    checklist = checklist_of(3)
+    run_until(checklist, 0.0)  # pair 0 is out
+    checklist.trigger(2)
+    sent = run_until(checklist, 0.05)
+    assert [(i, a) for _, i, a in sent] == [(2, 1)]
+
+
+def test_a_failed_pair_the_peer_checks_on_gets_its_tries_again() -> None:
+    checklist = checklist_of(1)
+    run_until(checklist, 100.0)
+    assert checklist.failed
+    checklist.trigger(0)
+    assert not checklist.failed and checklist.state(0) is PairState.WAITING
+    assert [(c.index, c.attempt) for c in checklist.handle_timer(100.0)] == [(0, 1)]
+    assert checklist.state(0) is PairState.IN_PROGRESS
+    assert checklist.get_timer() == 100.5  # and its repeats, as the first time
+
+
+def test_a_learned_pair_is_checked_next_and_ranked_by_its_priority() -> None:
+    local = [candidate(HOST, UDP, ("198.18.0.2", 4000))]
+    remote = [
+        candidate(HOST, UDP, ("10.0.1.7", 5000)),
+        candidate(RELAY, UDP, ("198.18.0.31", 50001), ("10.0.1.7", 5000)),
+    ]
+    checklist = Checklist(pairs(local, remote, controlling=True), 0.0)
+    run_until(checklist, 0.06)  # both ordinary pairs are out
+    learned = pairs(local, [candidate(PRFLX, UDP, ("198.18.0.99", 40000))], controlling=True)[0]
+    index = checklist.add(learned)
+    assert index == 2
+    sent = run_until(checklist, 0.11)
+    assert [i for _, i, _ in sent] == [2]
+    checklist.on_success(1, 0.12)  # the relay answers first
+    checklist.on_success(2, 0.13)
+    checklist.on_failure(0, 0.14)
+    assert checklist.nominated == learned  # above the relay, whatever its index
+
+
+def test_a_pair_that_succeeded_is_not_triggered_again() -> None:
+    checklist = checklist_of(2)
+    run_until(checklist, 0.0)
+    checklist.on_success(0, 0.01)
+    checklist.trigger(0)
+    assert checklist.state(0) is PairState.SUCCEEDED

@@ -245,13 +245,13 @@ def _until(control: Path, state: str) -> dict[str, Any]:
     ("caller", "callee", "callee_user", "path"),
     [
         # First, on a fresh lab: a relayed call that no earlier traffic has prepared
-        # (the relay's permissions must come from the call itself). Public to symmetric
-        # could be punched, were peer-reflexive candidates learned from checks: not yet.
-        ("pub1", "sym2", "fay", "relay-udp"),
+        # (the relay's permissions must come from the call itself).
+        ("sym1", "sym2", "fay", "relay-udp"),
+        # The symmetric NAT's mapping towards pub1 is learnt from sym2's check.
+        ("pub1", "sym2", "fay", "punched-udp"),
         ("pub1", "pub2", "ben", "direct-udp"),
         ("home1", "pub2", "ben", "punched-udp"),
         ("home1", "home2", "dan", "punched-udp"),
-        ("sym1", "sym2", "fay", "relay-udp"),
         ("sym1", "home2", "dan", "relay-udp"),
         ("blocked", "pub2", "ben", "relay-tcp"),
         ("office", "home2", "dan", "relay-tcp"),

@@ -83,9 +83,19 @@ What the owner does (the adapter holding the sockets, TURN clients and session):
 The wire's CallEndReason has no path-lost or error: both travel as FAILED (with
 a detail), so the peer of a call that ended path-lost sees failed.
 
-Not done: peer-reflexive candidates learned from checks (a check from an
-address no candidate names is answered by the owner but ignored here), ICE
-restarts, trickle ICE, and role conflicts beyond refusing them (487).
+Peer-reflexive candidates (§7.3.1.3): a valid check from an address none of
+the peer's candidates names came through a NAT of the peer's that gave it a
+new mapping for us — a symmetric NAT does that for every destination. The
+owner hands it to :meth:`Call.check_from`, which learns the address as a
+remote candidate of the kind PEER_REFLEXIVE (with the check's PRIORITY),
+pairs it with our candidate the check came to, and checks that pair next: the
+peer's check has just opened its NAT for exactly that pair, so a public
+device and one behind a symmetric NAT reach each other without a relay.
+Checks that come before the peer's candidates do (the caller still waiting
+for CALL_ACCEPT) are kept, a few, and taken once the candidates come. At most
+:data:`MAX_LEARNED` are learned per call.
+
+Not done: ICE restarts, trickle ICE, and role conflicts beyond refusing them (487).
 """
 
 import hmac
@@ -99,7 +109,7 @@ from typing import Any
 
 from edge.client.checklist import Checklist, PairState
 from edge.client.errors import CallMisuse, CheckRefused
-from edge.client.ice import Candidate, Pair, pairs, priority
+from edge.client.ice import Candidate, Pair, foundation, pair_priority, pairs, priority
 from edge.sansio import Address
 from edge.stun.attributes import AttrType
 from edge.stun.codec import (
@@ -120,6 +130,8 @@ CALL_ID_SIZE = 16
 MAX_CANDIDATES = 16
 """What CALL_INVITE and CALL_ACCEPT carry at most."""
 MAX_CODECS = 8
+MAX_LEARNED = 8
+"""Peer-reflexive candidates a call learns at most (and early checks it keeps)."""
 CALL_TYPES = frozenset(
     {
         MsgType.CALL_INVITE,
@@ -547,6 +559,15 @@ class _Liveness:
     rtt: dict[Pair, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _EarlyCheck:
+    """A check of the peer's that came before its candidates did."""
+
+    local: Address
+    source: Address
+    request: CheckRequest
+
+
 class Call:
     """One call; see the module docstring. Create it IDLE, then call :meth:`invite`
     (caller) or pass it the CALL_INVITE with :meth:`receive` (callee)."""
@@ -606,6 +627,8 @@ class Call:
         self._attempt = 0
         self._recovering = False
         self._through_nat: set[Pair] = set()
+        self._learned = 0
+        self._early: list[_EarlyCheck] = []
 
     # -- outputs
 
@@ -845,6 +868,8 @@ class Call:
             return
         self._peer_checked = True
         self._live.checked[pair] = now
+        if self._checks is not None:
+            self._checks.trigger(self._index[pair])
         if self.controlling or not use_candidate:
             return
         if self.state is CallState.CONNECTING:
@@ -868,6 +893,49 @@ class Call:
             self._live.heard[pair] = now
             if self._recovering and pair == self.pair:
                 self._recovered(pair, now)
+
+    def check_from(
+        self, local: Address, source: Address, request: CheckRequest, now: float
+    ) -> None:
+        """The peer's valid check came to our ``local`` address (a base, or our relayed
+        address) from ``source``: :meth:`check_received` on its pair, learning
+        ``source`` as a peer-reflexive candidate when no pair has those ends yet."""
+        if self.state in (CallState.IDLE, CallState.INVITING, CallState.RINGING):
+            if len(self._early) < MAX_LEARNED:
+                self._early.append(_EarlyCheck(local, source, request))
+            else:
+                self.drops["early check"] += 1
+            return
+        pair = self.find_pair(local, source, Transport.UDP) or self._learn(
+            local, source, request.priority
+        )
+        if pair is not None:
+            self.check_received(pair, now, use_candidate=request.use_candidate)
+
+    def _learn(self, local: Address, source: Address, prio: int) -> Pair | None:
+        """A pair whose remote end is ``source``, a peer-reflexive candidate (§7.3.1.3)."""
+        mine = next(
+            (c for c in self.candidates if c.address == local and c.transport is Transport.UDP),
+            None,
+        )
+        if mine is None or self.state not in (CallState.CONNECTING, CallState.ACTIVE):
+            self.drops["unknown pair"] += 1
+            return None
+        if self._learned >= MAX_LEARNED:
+            self.drops["too many peer-reflexive"] += 1
+            return None
+        self._learned += 1
+        kind, transport = CandidateKind.PEER_REFLEXIVE, Transport.UDP
+        theirs = Candidate(
+            kind, transport, source, source, prio, foundation(kind, transport, source)
+        )
+        ranks = (mine.priority, prio) if self.controlling else (prio, mine.priority)
+        pair = Pair(mine, theirs, pair_priority(*ranks))
+        self._index[pair] = len(self._pairs)  # every checklist is made of all the pairs
+        self._pairs.append(pair)
+        if self._checks is not None:
+            self._checks.add(pair)
+        return pair
 
     def find_pair(self, local: Address, source: Address, transport: int) -> Pair | None:
         """The pair a packet belongs to: it arrived at our ``local`` address (a base,
@@ -950,6 +1018,9 @@ class Call:
             return
         self._checks = self._new_checklist(now, self.config.patience)
         self._deadline = now + self.config.connect_timeout
+        early, self._early = self._early, []
+        for check in early:
+            self.check_from(check.local, check.source, check.request, now)
 
     def _run_checks(self, now: float) -> None:
         if self._checks is not None:

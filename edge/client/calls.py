@@ -219,10 +219,9 @@ class CallDriver:
         self.core.raw_out.append((response, relay_address(source) if relayed else source))
         if request is not None:
             host = call.candidates[0].base if call.candidates else ("0.0.0.0", 0)
-            pair = call.find_pair(relayed or host, source, Transport.UDP)
-            if pair is not None:
-                call.check_received(pair, now, use_candidate=request.use_candidate)
-                self.manager.act(call.call_id, lambda c: None)
+            call.check_from(relayed or host, source, request, now)
+            self.manager.act(call.call_id, lambda c: None)
+
         self.pump()
         return True
 

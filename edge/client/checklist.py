@@ -22,6 +22,14 @@ States (§6.1.2.6), as a table of what each event does to a pair::
   nominated once every pair of higher priority has failed — or, after
   ``patience`` seconds from the first success, the best succeeded pair, so a
   call is never held hostage by a silent better path.
+* Triggered checks (§7.3.1.4): when the peer's check arrives on a pair that
+  has not succeeded yet (:meth:`trigger`), or on a pair first learned from
+  that check (:meth:`add`, a peer-reflexive remote end), the pair is checked
+  next, ahead of the ordinary order; a failed pair gets its tries again. The
+  peer's check has just opened its NAT towards us, so ours now gets through.
+
+Pairs keep the index they were given (the owner maps pairs to indexes); the
+order of checking and nominating is by pair priority, whatever the index.
 """
 
 from dataclasses import dataclass
@@ -73,6 +81,9 @@ class Checklist:
         if not pairs:
             raise LocalError("a checklist needs at least one pair")
         self._entries = [_Entry(pair, PairState.FROZEN) for pair in pairs]
+        self._ranked = list(range(len(pairs)))
+        self._rank()
+        self._triggered: list[int] = []
         self._pacing, self._rto, self._tries, self._patience = pacing, rto, tries, patience
         self._next_new = now
         self._first_success: float | None = None
@@ -94,7 +105,7 @@ class Checklist:
         if self.done:
             return None
         times = [entry.due for entry in self._entries if entry.due is not None]
-        if self._next_pair() is not None:
+        if self._triggered or self._next_pair() is not None:
             times.append(self._next_new)
         if self._first_success is not None:
             times.append(self._first_success + self._patience)
@@ -105,11 +116,34 @@ class Checklist:
         if self.done:
             return []
         checks = self._repeats(now)
-        if now >= self._next_new and (index := self._next_pair()) is not None:
-            checks.append(self._send(index, now))
-            self._next_new = now + self._pacing
+        if now >= self._next_new:
+            index = self._triggered.pop(0) if self._triggered else self._next_pair()
+            if index is not None:
+                checks.append(self._send(index, now))
+                self._next_new = now + self._pacing
         self._try_nominate(now)
         return checks
+
+    def add(self, pair: Pair) -> int:
+        """A pair learned from the peer's check (a peer-reflexive remote end): checked
+        next, as a triggered check. Its index."""
+        self._entries.append(_Entry(pair, PairState.WAITING))
+        index = len(self._entries) - 1
+        self._ranked.append(index)
+        self._rank()
+        self._triggered.append(index)
+        return index
+
+    def trigger(self, index: int) -> None:
+        """The peer's check arrived on this pair: check it next, unless it already
+        succeeded or is being checked (§7.3.1.4)."""
+        entry = self._entries[index]
+        busy = entry.state in (PairState.SUCCEEDED, PairState.IN_PROGRESS)
+        if self.nominated is not None or busy:
+            return
+        entry.state = PairState.WAITING
+        if index not in self._triggered:
+            self._triggered.append(index)
 
     def on_success(self, index: int, now: float) -> None:
         entry = self._entries[index]
@@ -142,10 +176,13 @@ class Checklist:
                 seen.add(key)
                 entry.state = PairState.WAITING
 
+    def _rank(self) -> None:
+        self._ranked.sort(key=lambda index: -self._entries[index].pair.priority)
+
     def _next_pair(self) -> int | None:
         for wanted in (PairState.WAITING, PairState.FROZEN):
-            for index, entry in enumerate(self._entries):
-                if entry.state is wanted:
+            for index in self._ranked:
+                if self._entries[index].state is wanted:
                     return index
         return None
 
@@ -172,7 +209,7 @@ class Checklist:
     def _try_nominate(self, now: float) -> None:
         if self.nominated is not None:
             return
-        for entry in self._entries:  # best first
+        for entry in (self._entries[index] for index in self._ranked):  # best first
             if entry.state is PairState.SUCCEEDED:
                 self.nominated = entry.pair
                 return
@@ -180,7 +217,8 @@ class Checklist:
                 break
         patient = self._first_success is not None and now >= self._first_success + self._patience
         if patient:
-            best = next(e for e in self._entries if e.state is PairState.SUCCEEDED)
+            ranked = (self._entries[index] for index in self._ranked)
+            best = next(e for e in ranked if e.state is PairState.SUCCEEDED)
             self.nominated = best.pair
 
 
