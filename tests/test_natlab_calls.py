@@ -253,7 +253,8 @@ def _until(control: Path, state: str) -> dict[str, Any]:
         ("home1", "pub2", "ben", "punched-udp"),
         ("home1", "home2", "dan", "punched-udp"),
         ("sym1", "home2", "dan", "relay-udp"),
-        ("blocked", "pub2", "ben", "relay-tcp"),
+        # UDP blocked, TCP out: a connection of its own to the public device's port P.
+        ("blocked", "pub2", "ben", "direct-tcp"),
         ("office", "home2", "dan", "relay-tcp"),
         ("home2", "blocked2", "ivy", "relay-udp"),
         ("sym1", "office2", "jon", "relay-udp"),

@@ -9,7 +9,8 @@ How it starts:
    signed revocation list comes on the same session.
 2. Its port P, as the seed's client chose it (:mod:`edge.client.ports`): UDP
    for its sessions and STUN tests (:class:`~edge.client.port.PortCore`), TCP
-   reserved for direct TCP calls.
+   for direct TCP connections from other devices (:mod:`edge.client.direct`).
+
 3. Its supernode: the ladder races the best supernodes of its host cache
    (bootstrap list first time) over UDP, TCP, TCP 80 and TCP 443
    (:mod:`edge.client.uplink`), attaches (following redirects), and hands the
@@ -55,6 +56,7 @@ from edge.client import buddies, hostcache, mailbox
 from edge.client.call import Call, CallManager
 from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
+from edge.client.direct import DirectTcp
 from edge.client.errors import PeerUnreachable, UplinkFailed
 from edge.client.files import TransferFailed
 from edge.client.login import Credentials, LoginSession, login
@@ -176,6 +178,9 @@ class Agent:
         self.peers: Peers | None = None
         self.calls: CallDriver | None = None
         self.transfers: TransferDriver | None = None
+        self.direct: DirectTcp | None = None
+        """Direct TCP connections with other devices, on and from port P's TCP side."""
+
         self.promotion: PromotionDriver | None = None
         self._promoting: asyncio.Task[None] | None = None
         self._keeping: asyncio.Task[None] | None = None
@@ -233,6 +238,9 @@ class Agent:
         if self._adapter is not None:
             self._adapter.close()
             await self._adapter.wait_closed()
+        if self.direct is not None:
+            await self.direct.close()
+
         for sock in self._sockets:
             sock.close()
 
@@ -355,6 +363,10 @@ class Agent:
         self._core.checks = self.calls.on_stun
         self.calls.preopen = partial(_preopen, udp)
         self.calls.permit = self._permit
+        self.direct = DirectTcp(adapter.datagram_received)
+        self._core.tcp_out = self.direct.send
+        await self.direct.listen(tcp)
+
         self.transfers = TransferDriver(self.peers, self.config.state_dir / "downloads")
         self.promotion = self._promotion_driver(wall_offset)
         _log.info("port %d: %s", self.port.port, self.port.note)
@@ -474,7 +486,10 @@ class Agent:
         candidates = self._candidates(link)
         if self.calls is not None:
             reflexive = self.nat.reflexive if self.nat is not None else None
-            self.calls.gather(candidates[0].address, reflexive, self.relayed)
+            self.calls.gather(
+                candidates[0].address, reflexive, self.relayed, tcp=self.direct is not None
+            )
+
         record = make_presence(
             self.keys,
             self.certificate,

@@ -85,7 +85,9 @@ a detail), so the peer of a call that ended path-lost sees failed.
 
 Peer-reflexive candidates (§7.3.1.3): a valid check from an address none of
 the peer's candidates names came through a NAT of the peer's that gave it a
-new mapping for us — a symmetric NAT does that for every destination. The
+new mapping for us — a symmetric NAT does that for every destination — or,
+over TCP, on a connection the peer opened to us from a port of its own
+(:mod:`edge.client.direct`). The
 owner hands it to :meth:`Call.check_from`, which learns the address as a
 remote candidate of the kind PEER_REFLEXIVE (with the check's PRIORITY),
 pairs it with our candidate the check came to, and checks that pair next: the
@@ -566,6 +568,7 @@ class _EarlyCheck:
     local: Address
     source: Address
     request: CheckRequest
+    transport: Transport
 
 
 class Call:
@@ -895,27 +898,35 @@ class Call:
                 self._recovered(pair, now)
 
     def check_from(
-        self, local: Address, source: Address, request: CheckRequest, now: float
+        self,
+        local: Address,
+        source: Address,
+        request: CheckRequest,
+        now: float,
+        transport: Transport = Transport.UDP,
     ) -> None:
         """The peer's valid check came to our ``local`` address (a base, or our relayed
-        address) from ``source``: :meth:`check_received` on its pair, learning
-        ``source`` as a peer-reflexive candidate when no pair has those ends yet."""
+        address) from ``source`` over ``transport``: :meth:`check_received` on its
+        pair, learning ``source`` as a peer-reflexive candidate when no pair has those
+        ends yet."""
         if self.state in (CallState.IDLE, CallState.INVITING, CallState.RINGING):
             if len(self._early) < MAX_LEARNED:
-                self._early.append(_EarlyCheck(local, source, request))
+                self._early.append(_EarlyCheck(local, source, request, transport))
             else:
                 self.drops["early check"] += 1
             return
-        pair = self.find_pair(local, source, Transport.UDP) or self._learn(
-            local, source, request.priority
+        pair = self.find_pair(local, source, transport) or self._learn(
+            local, source, request.priority, transport
         )
         if pair is not None:
             self.check_received(pair, now, use_candidate=request.use_candidate)
 
-    def _learn(self, local: Address, source: Address, prio: int) -> Pair | None:
+    def _learn(
+        self, local: Address, source: Address, prio: int, transport: Transport
+    ) -> Pair | None:
         """A pair whose remote end is ``source``, a peer-reflexive candidate (§7.3.1.3)."""
         mine = next(
-            (c for c in self.candidates if c.address == local and c.transport is Transport.UDP),
+            (c for c in self.candidates if c.address == local and c.transport is transport),
             None,
         )
         if mine is None or self.state not in (CallState.CONNECTING, CallState.ACTIVE):
@@ -925,7 +936,7 @@ class Call:
             self.drops["too many peer-reflexive"] += 1
             return None
         self._learned += 1
-        kind, transport = CandidateKind.PEER_REFLEXIVE, Transport.UDP
+        kind = CandidateKind.PEER_REFLEXIVE
         theirs = Candidate(
             kind, transport, source, source, prio, foundation(kind, transport, source)
         )
@@ -1020,7 +1031,7 @@ class Call:
         self._deadline = now + self.config.connect_timeout
         early, self._early = self._early, []
         for check in early:
-            self.check_from(check.local, check.source, check.request, now)
+            self.check_from(check.local, check.source, check.request, now, check.transport)
 
     def _run_checks(self, now: float) -> None:
         if self._checks is not None:

@@ -22,8 +22,11 @@ of an owner:
   Frames and keepalives that arrive tell the call its path is alive.
 
 Candidates: the host address towards the supernode at port P and, when the
-self-test found one, the server-reflexive address; relayed candidates come
-with TURN allocations (not yet gathered here).
+self-test found one, the server-reflexive address; the relayed address of the
+device's TURN allocation; and the host address on TCP, port P, where the
+device takes direct TCP connections (:mod:`edge.client.direct`). A check from
+an address no candidate of the peer's names teaches the call a peer-reflexive
+one (:meth:`~edge.client.call.Call.check_from`).
 """
 
 import asyncio
@@ -44,6 +47,7 @@ from edge.client.call import (
     UsePath,
     parse_check_response,
 )
+from edge.client.direct import tcp_address, tcp_peer
 from edge.client.errors import CallMisuse, PeerUnreachable
 from edge.client.ice import Pair, candidate
 from edge.client.peers import Peers
@@ -81,9 +85,11 @@ class _Media:
 
 def _destination(pair: Pair) -> Address:
     """Where datagrams for ``pair`` go: the remote address, through our relay when the
-    pair's local end is our relayed candidate."""
+    pair's local end is our relayed candidate, on a direct connection for TCP."""
     if pair.local.kind is CandidateKind.RELAY:
         return relay_address(pair.remote.address)
+    if pair.local.transport is Transport.TCP:
+        return tcp_address(pair.remote.address)
     return pair.remote.address
 
 
@@ -129,14 +135,22 @@ class CallDriver:
     # -- the user's side
 
     def gather(
-        self, host: Address, reflexive: Address | None, relayed: Address | None = None
+        self,
+        host: Address,
+        reflexive: Address | None,
+        relayed: Address | None = None,
+        *,
+        tcp: bool = False,
     ) -> None:
-        """Set the candidates new calls offer: host, server-reflexive, relayed."""
+        """Set the candidates new calls offer: host, server-reflexive, relayed, and with
+        ``tcp`` the host address on TCP (port P listening for direct connections)."""
         found = [candidate(CandidateKind.HOST, Transport.UDP, host)]
         if reflexive is not None and reflexive != host:
             found.append(candidate(CandidateKind.SERVER_REFLEXIVE, Transport.UDP, reflexive, host))
         if relayed is not None:
             found.append(candidate(CandidateKind.RELAY, Transport.UDP, relayed, relayed))
+        if tcp:
+            found.append(candidate(CandidateKind.HOST, Transport.TCP, host))
         self.manager.candidates = found
 
     def place(self, user: str, session: int) -> bytes:
@@ -215,11 +229,15 @@ class CallDriver:
         call = next((c for c in self.manager.calls.values() if c.credentials.ufrag == ours), None)
         if call is None or call.is_ended:
             return False
-        response, request = call.answer_check(data, source)
+        direct = tcp_peer(source)
+        response, request = call.answer_check(data, direct or source)
         self.core.raw_out.append((response, relay_address(source) if relayed else source))
         if request is not None:
             host = call.candidates[0].base if call.candidates else ("0.0.0.0", 0)
-            call.check_from(relayed or host, source, request, now)
+            if direct is not None:
+                call.check_from(host, direct, request, now, Transport.TCP)
+            else:
+                call.check_from(relayed or host, source, request, now)
             self.manager.act(call.call_id, lambda c: None)
 
         self.pump()
@@ -276,9 +294,10 @@ class CallDriver:
         call = self.manager.calls.get(call_id)
         if call is None:
             return
+        udp = [pair for pair in call.pairs if pair.local.transport is Transport.UDP]
         targets = {
             pair.remote.address
-            for pair in call.pairs
+            for pair in udp
             if pair.local.kind is not CandidateKind.RELAY
             and pair.remote.kind is not CandidateKind.RELAY
         }
@@ -286,7 +305,7 @@ class CallDriver:
             self.preopen(address)
         # Our relay passes the peer's checks only from IPs it has a permission for:
         # ask for every candidate of the peer's before the first check arrives.
-        for remote in {pair.remote.address for pair in call.pairs}:
+        for remote in {pair.remote.address for pair in udp}:
             self.permit(remote)
 
     def _arm(self) -> None:

@@ -16,13 +16,16 @@ their supernodes. Such a session's address is a *signalling address*,
 this socket but goes to ``forward`` (the agent wraps it in SIGNAL_FORWARD),
 and what arrives in SIGNAL_RELAYED comes in from that address. The session,
 its keys and its index stay the same when the call later moves it to a
-direct path.
+direct path. Likewise a *TCP address*, ``("tcp:IP", port)``, names a peer on a
+direct TCP connection (:mod:`edge.client.direct`): what goes there leaves by
+``tcp_out``, and what such a connection brings comes in from it.
 """
 
 import contextlib
 from collections import deque
 from collections.abc import Callable
 
+from edge.client.direct import tcp_peer
 from edge.errors import EdgeError
 from edge.sansio import Address, DatagramCore
 from edge.session.datagram import DatagramEndpoint
@@ -87,6 +90,8 @@ class PortCore:
         self.relay_drops = 0
         self.turn_poke: Callable[[], None] = lambda: None
         """After relaying through a TURN client over TCP: have its connection send."""
+        self.tcp_out: Callable[[bytes, Address], None] = lambda data, peer: None
+        """Where datagrams for a TCP address go: ``tcp_out(data, peer)``."""
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         if self.turn is not None and not self.turn.stream and self.turn.expects(data, addr):
@@ -118,18 +123,22 @@ class PortCore:
     def _route_out(
         self, data: bytes, address: Address, now: float, out: list[tuple[bytes, Address]]
     ) -> None:
-        """To the socket, to the supernodes (a signalling address), or through our relay."""
+        """To the socket, to the supernodes (a signalling address), through our relay, or
+        on a direct TCP connection."""
         if (peer := via_peer(address)) is not None:
             self.forward(data, *peer)
         elif (relayed := relayed_peer(address)) is not None:
             self._relay(data, relayed, now)
+        elif (direct := tcp_peer(address)) is not None:
+            self.tcp_out(data, direct)
         else:
             out.append((data, address))
 
     def permit(self, peer: Address, now: float) -> None:
         """Ask our TURN allocation to relay to and from ``peer``'s IP (no-op without one)."""
         turn = self.turn
-        if turn is None or not turn.is_allocated or relayed_peer(peer) or via_peer(peer):
+        pseudo = relayed_peer(peer) or via_peer(peer) or tcp_peer(peer)
+        if turn is None or not turn.is_allocated or pseudo:
             return
         with contextlib.suppress(EdgeError):
             turn.create_permission(peer, now)
