@@ -10,12 +10,13 @@ TEST_APT_STAMP := $(VENV)/.apt-test-checked
 
 # Debian packages: build headers for pyaudio, and the libraries edge loads
 # (libopus for voice, libpq for the PostgreSQL store).
-APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libopus0 libsamplerate0 libpq5
+APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libportaudio2 libopus0 libsamplerate0 libpq5
 # Only for the tests and benchmarks: a PostgreSQL server they start themselves
 # (a throw-away cluster on a Unix socket), coturn, whose turnserver the STUN
-# interop tests start on 127.0.0.1, and iproute2 and nftables for the NAT lab
-# (network namespaces with kernel NAT and firewalls, tests/natlab.py).
-APT_TEST := postgresql coturn iproute2 nftables
+# interop tests start on 127.0.0.1, iproute2 and nftables for the NAT lab
+# (network namespaces with kernel NAT and firewalls, tests/natlab.py), and
+# espeak-ng for the speech the voice tests and benchmark score.
+APT_TEST := postgresql coturn iproute2 nftables espeak-ng
 
 .PHONY: demo test lint typecheck unit lab docs docs-check bench fuzz clean apt venv
 

@@ -5,15 +5,23 @@ Alice's desk phone and the front-door intercom enrol with their account
 passwords, each attaches to a supernode of its own and publishes its
 presence there; the intercom looks Alice up, sends her "Someone is at the
 front door" end to end, and the message shows in the phone's inbox. Then
-everything stops the way a service manager stops it. Calls, with audio played
-from and recorded to files, come later.
+the intercom calls the phone, which answers at once (its ``[policy]
+auto_answer`` names the intercom's account): the call finds its own direct
+path, each side plays a tune of its own into it from a WAV file (the
+intercom a ding-dong, the phone three higher notes), records what it hears,
+and after three seconds of audio the intercom hangs up. Last, each recording
+is checked: its dominant tones must be the other side's tune, and none of its
+own. Then everything stops the way a service manager stops it.
 
 How it works: the parent process makes a temporary state folder (``--keep``
 keeps it), runs the login server in-process with its SQLite database there and
 creates the two accounts. For each supernode it makes the keys the supernode
 will use, has the login server's issuer certify them, and writes its TOML
 configuration; each agent gets a configuration naming its account, its
-password file (read once, to enrol) and one supernode to bootstrap from. The
+password file (read once, to enrol), one supernode to bootstrap from and, in
+``[audio]``, the WAV file it plays into calls (``capture = "file:..."``,
+written by the parent from its tune, :mod:`edge.media.tones`) and the one it
+records them to (``playback``). The
 daemons run as child processes (``edge supernode --config ...``, ``edge agent
 --config ...``), started as systemd would start them: each has its own
 ``NOTIFY_SOCKET`` in the state folder, and the parent learns from READY=1 that
@@ -22,7 +30,11 @@ online. The second supernode's "joined the overlay" log line says it has met
 the first. No step waits for a fixed time.
 
 The story is then driven through ``edge ctl``, run as a user would type it
-(in the state folder) and printed before its answer. Last, SIGTERM stops the
+(in the state folder) and printed before its answer. While a call changes
+state the parent asks both agents for their status (what ``edge ctl status``
+shows) every :data:`POLL` seconds, with a deadline, and says each new state;
+the recordings are read back and analysed with the Goertzel algorithm
+(:func:`edge.media.tones.heard`) in the parent. Last, SIGTERM stops the
 agents, then the supernodes; each must exit with status 0.
 
 Every line says when (milliseconds since the start) and who speaks; the
@@ -46,6 +58,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +72,8 @@ from edge.login.config import LoginConfig
 from edge.login.passwords import PasswordCost, Passwords
 from edge.login.server import LoginServer, ServerKeys
 from edge.login.store import Store
+from edge.media.tones import Note, heard, melody
+from edge.media.wav import FRAME_SAMPLES, RATE, read_wav, write_wav
 from edge.runtime import notify
 from edge.runtime.config import write_atomic
 from edge.runtime.control import JsonObject
@@ -85,10 +100,19 @@ class Device:
     """Who speaks in the timeline; its files in the state folder carry this name."""
     user_id: str
     device_id: str
+    tune: tuple[Note, ...]
+    """What it plays into a call, looped: (Hz, seconds), 0 Hz for a rest."""
 
 
-PHONE = Device("phone", "alice", "desk-phone")
-INTERCOM = Device("intercom", "front-door", "intercom")
+PHONE = Device(
+    "phone", "alice", "desk-phone", ((880.0, 0.3), (1174.66, 0.3), (1396.91, 0.3), (0.0, 0.2))
+)
+INTERCOM = Device("intercom", "front-door", "intercom", ((659.25, 0.4), (523.25, 0.6), (0.0, 0.2)))
+"""A ding-dong: E5, then C5."""
+CALL_SECONDS = 3.0
+"""Audio each way before the intercom hangs up."""
+POLL = 0.05
+"""Seconds between looks at a call's status while waiting for it to change."""
 
 
 class DemoFailed(LocalError):
@@ -135,10 +159,9 @@ async def _demo(args: argparse.Namespace) -> int:
             timeline.say("demo", f"kept the state folder {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    timeline.say("demo", "done: both devices online, the intercom found the phone and its")
-    timeline.say("demo", "message was delivered end to end; everything stopped cleanly")
-    timeline.say("demo", "coming later: calls between the two devices, with audio played")
-    timeline.say("demo", "from and recorded to files")
+    timeline.say("demo", "done: both devices online, the intercom found the phone, its message")
+    timeline.say("demo", "was delivered end to end, and their call carried each side's tones")
+    timeline.say("demo", "to the other's recording; everything stopped cleanly")
     return 0
 
 
@@ -200,6 +223,8 @@ class Demo:
             await self.create_account(login, device)
         await self.start_supernode("super-1", login)
         await self.start_supernode("super-2", login, bootstrap="super-1")
+        for device in (PHONE, INTERCOM):
+            self.write_tune(device)
         agents = {
             PHONE: await self.spawn_agent(PHONE, login, "super-1"),
             INTERCOM: await self.spawn_agent(INTERCOM, login, "super-2"),
@@ -207,6 +232,8 @@ class Demo:
         for device, daemon in agents.items():
             await self.until_online(device, daemon)
         await self.search_and_send(message)
+        await self.call()
+        self.check_recordings()
         await self.show_supernodes()
         self.say("demo", "SIGTERM to the agents, then to the supernodes")
         await self.stop(list(agents.values()))
@@ -313,6 +340,11 @@ class Demo:
             },
             supernodes={"bootstrap": [_show(self.supernodes[supernode])]},
             state={"dir": device.name, "control_socket": f"{device.name}.sock"},
+            audio={
+                "capture": f"file:{device.name}-plays.wav",
+                "playback": f"file:{device.name}-heard.wav",
+            },
+            policy={"auto_answer": [INTERCOM.user_id] if device is PHONE else []},
         )
         return await self.spawn(device.name, "agent")
 
@@ -351,6 +383,105 @@ class Demo:
             self.say(PHONE.name, f"inbox: from {got['from']}: {got['text']!r}")
         if not any(got["text"] == message for got in inbox):
             raise DemoFailed("the message is not in the phone's inbox")
+
+    # -- the call
+
+    def write_tune(self, device: Device) -> None:
+        write_wav(self.folder / f"{device.name}-plays.wav", melody(device.tune))
+        self.say(
+            device.name,
+            f"will play {_tones(_notes(device))} into calls ({device.name}-plays.wav)"
+            f" and record them to {device.name}-heard.wav",
+        )
+
+    async def call(self) -> None:
+        """The intercom calls the phone, which answers by itself; ~3 s of audio each way,
+        then the intercom hangs up."""
+        placed = await self.ctl(INTERCOM.name, "call", PHONE.user_id)
+        self.say(
+            INTERCOM.name,
+            f"calling {placed['device']}; the phone answers {INTERCOM.user_id} at once"
+            " ([policy] auto_answer)",
+        )
+        await self.follow_call("active")
+        frames = round(CALL_SECONDS * RATE / FRAME_SAMPLES)
+        self.say("demo", f"letting the call carry {CALL_SECONDS:.0f} s of audio each way")
+        call = (await self.ctl(PHONE.name, "status"))["calls"][-1]
+        self.say(
+            PHONE.name,
+            f"call with {call['peer']}: {call['state']} on a {call['path']} path,"
+            f" rtt {call['rtt_ms']} ms, {call['frames_received']} frames received so far",
+        )
+        await self.until_calls(lambda _, call: call["frames_received"] >= frames, "carried audio")
+        await self.ctl(INTERCOM.name, "hangup")
+        ended = await self.follow_call("ended")
+        for device in (INTERCOM, PHONE):
+            call = ended[device.name]
+            self.say(
+                device.name,
+                f"call ended ({call['reason']}): {call['frames_sent']} frames sent,"
+                f" {call['frames_received']} received",
+            )
+
+    async def follow_call(self, state: str) -> dict[str, JsonObject]:
+        """Say each state the devices' calls pass through until both are in ``state``."""
+        shown: dict[str, str] = {}
+
+        def show(name: str, call: JsonObject) -> bool:
+            if shown.get(name) != call["state"]:
+                shown[name] = call["state"]
+                path = f" on a {call['path']} path" if state == "active" else ""
+                self.say(name, f"call with {call['peer']}: {call['state']}{path}")
+            return bool(call["state"] == state)
+
+        return await self.until_calls(show, f"a call that is {state}")
+
+    async def until_calls(
+        self, done: Callable[[str, JsonObject], bool], what: str
+    ) -> dict[str, JsonObject]:
+        """Poll both devices' latest call until ``done(name, call)`` holds for both;
+        a device that has no call yet (the invitation is on its way) is not done."""
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                while True:
+                    calls = await self.latest_calls()
+                    # Every device is asked, so that each says its own new state.
+                    finished = [done(name, call) for name, call in calls.items()]
+                    if len(finished) == 2 and all(finished):
+                        return calls
+                    await asyncio.sleep(POLL)
+        except TimeoutError:
+            raise DemoFailed(f"the devices had no {what} after {STEP_TIMEOUT:.0f} s") from None
+
+    async def latest_calls(self) -> dict[str, JsonObject]:
+        """Each device's latest call, by name; one without a call yet is left out."""
+        names = [INTERCOM.name, PHONE.name]
+        statuses = await asyncio.gather(*(self.status(name) for name in names))
+        return {
+            name: status["calls"][-1]
+            for name, status in zip(names, statuses, strict=True)
+            if status["calls"]
+        }
+
+    def check_recordings(self) -> None:
+        """Each side's recording holds the other side's tones, and none of its own."""
+        every = sorted({*_notes(PHONE), *_notes(INTERCOM)})
+        for listener, speaker in ((PHONE, INTERCOM), (INTERCOM, PHONE)):
+            name = f"{listener.name}-heard.wav"
+            rate, pcm = read_wav(self.folder / name)
+            found = list(dict.fromkeys(heard(pcm, every, rate=rate)))
+            seconds = len(pcm) / (2 * rate)
+            played = _notes(speaker)
+            if sorted(found) != sorted(played):
+                raise DemoFailed(
+                    f"{name} ({seconds:.1f} s) holds {_tones(found)},"
+                    f" not the {speaker.name}'s {_tones(played)}"
+                )
+            self.say(
+                listener.name,
+                f"{name}: {seconds:.1f} s, dominant tones {_tones(found)}"
+                f" = what the {speaker.name} played",
+            )
 
     # -- running the daemons
 
@@ -537,6 +668,16 @@ def _json_object(data: bytes) -> JsonObject | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return document if isinstance(document, dict) else None
+
+
+def _tones(frequencies: Iterable[float]) -> str:
+    """ "659, 523 Hz": the frequencies, rests (0 Hz) left out."""
+    named = [str(round(hz)) for hz in frequencies if hz]
+    return f"{', '.join(named)} Hz" if named else "no tone"
+
+
+def _notes(device: Device) -> list[float]:
+    return [hz for hz, _ in device.tune if hz]
 
 
 def _show(address: Address) -> str:

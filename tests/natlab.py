@@ -342,6 +342,16 @@ class Lab:
             raise LabError(f"{target} in {namespace} failed ({done.returncode}):\n{done.stderr}")
         return json.loads(done.stdout.splitlines()[-1])
 
+    def link(self, site: str, up: bool) -> None:
+        """Take ``site``'s host off its network (its ``eth0`` down) or put it back. The
+        kernel drops the routes through an interface that goes down; back up, the
+        default route returns as the host's network manager would restore it."""
+        built = self.sites[site]
+        self._ip(built.host, "link", "set", "dev", "eth0", "up" if up else "down")
+        if up and built.router is not None:
+            gateway = built.address.rpartition(".")[0] + ".1"
+            self._ip(built.host, "route", "replace", "default", "via", gateway)
+
     # -- building
 
     def build(self, sites: Sequence[SiteSpec]) -> None:

@@ -100,6 +100,8 @@ class Network:
             bootstrap=tuple(bootstrap),
             state_dir=self.tmp / f"agent-{user}",
             control_socket=self.tmp / f"agent-{user}.sock",
+            capture="none",
+            playback="none",
         )
 
     async def home(self) -> tuple[str, int]:
@@ -117,12 +119,15 @@ class Network:
 
 
 @asynccontextmanager
-async def network(tmp: Path) -> AsyncIterator[Network]:
+async def network(tmp: Path, **options: Any) -> AsyncIterator[Network]:
+    """A login server on loopback (``options``: more of its LoginConfig), and a stack for
+    the supernodes and agents of the test."""
     config = LoginConfig(
         listen=(("127.0.0.1", 0),),
         state_dir=tmp / "login",
         database=f"sqlite:///{tmp / 'login.db'}",
         password_cost=CHEAP,
+        **options,
     )
     store = await asyncio.to_thread(open_configured_store, config)
     login = LoginServer(config, store, server_keys(config.state_dir))
@@ -292,6 +297,10 @@ def test_a_call_between_agents_finds_its_own_path_carries_media_and_hangs_up(
             status = (await request(alice_config.control_socket, "status"))["result"]
             (call,) = status["calls"]
             assert (call["peer"], call["state"], call["path"]) == ("bob", "active", "direct-udp")
+            # Its audio, as a listener would judge it: Opus, nothing concealed, a clean MOS.
+            audio = call["audio"]
+            assert (audio["codec"], audio["concealed"]) == ("opus", 0), audio
+            assert audio["mos"] >= 4.3 and audio["bitrate_kbps"] > 0 and call["loss"] == 0
             forwarded = first.clients.counts["forward"] if first.clients else 0
             await asyncio.wait_for(_until_frames(alice, 30), TIMEOUT)
             # Media goes on the call's own path, not through the supernodes.

@@ -68,12 +68,12 @@ def test_keys_refuse_a_world_readable_key(
     assert "chmod 600" in err
 
 
-def test_demo_runs_the_network_and_a_message_reaches_the_phone() -> None:
+def test_demo_runs_the_network_a_message_reaches_the_phone_and_a_call_carries_audio() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "edge", "demo"],
         capture_output=True,
         text=True,
-        timeout=20,
+        timeout=30,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -89,6 +89,24 @@ def test_demo_runs_the_network_and_a_message_reaches_the_phone() -> None:
     )
     assert "[intercom] delivered to alice/desk-phone: encrypted end to end" in out
     assert "[   phone] inbox: from front-door/intercom: 'Someone is at the front door'" in out
+    assert "[intercom] $ edge ctl --socket intercom.sock call alice" in out
+    assert "[intercom] call with alice: active on a direct-udp path" in out
+    assert "[   phone] call with front-door: active on a direct-udp path" in out
+    assert re.search(r"\[   phone\] call with front-door: active on a direct-udp path, rtt ", out)
+    assert "[intercom] $ edge ctl --socket intercom.sock hangup" in out
+    for name in ("phone", "intercom"):
+        assert re.search(rf"\[{name:>8}\] call ended \(hang-up\): \d+ frames sent, \d+ rec", out)
+    # Each recording holds the other side's tones: checked by the demo, shown here.
+    assert re.search(
+        r"\[   phone\] phone-heard\.wav: \d\.\d s, dominant tones 659, 523 Hz = what the "
+        r"intercom played",
+        out,
+    )
+    assert re.search(
+        r"\[intercom\] intercom-heard\.wav: \d\.\d s, dominant tones 880, 1175, 1397 Hz = "
+        r"what the phone played",
+        out,
+    )
     for name in ("phone", "intercom", "super-1", "super-2"):
         assert f"[{name:>8}] stopped, exit status 0" in out
-    assert "coming later: calls between the two devices" in out.splitlines()[-2]
+    assert "their call carried each side's tones" in out.splitlines()[-2]

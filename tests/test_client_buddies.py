@@ -32,7 +32,7 @@ from edge.client.buddies import (
     save,
     sync,
 )
-from edge.client.errors import ServerError
+from edge.client.errors import LoginUnreachable, ServerError
 from edge.errors import LocalError
 from edge.login.passwords import Passwords
 from edge.wire.codes import ErrorCode, MsgType
@@ -448,7 +448,7 @@ async def _works_from_its_cache_while_the_server_is_away(w: World, tmp_path: Pat
     with pytest.raises(ServerError) as info:  # the phone sees its session drop
         await bob.receive(MsgType.BUDDY_LIST)
     assert info.value.code is ErrorCode.UNAVAILABLE
-    with pytest.raises(OSError):  # and cannot log in again
+    with pytest.raises(LoginUnreachable):  # and cannot log in again
         await w.login(device("bob", "phone"))
     restarted, warning = load_or_empty(path)
     assert warning is None

@@ -344,6 +344,36 @@ def test_only_relays_work_gives_relay_udp() -> None:
     assert sim.a.call.path_kind is sim.b.call.path_kind is PathKind.RELAY_UDP
 
 
+def test_the_call_starts_on_the_first_pair_that_works_and_moves_up_to_a_better_one() -> None:
+    """The punched pair is slow to answer (its first checks are lost): the caller does not
+    wait for it, goes active on the relayed pair, and moves up once the punched one
+    answers; the callee follows."""
+    sim = nat_sim(lose_check=lambda check: check.attempt < 3 and check.pair.remote == B_SRFLX)
+    sim.a.call.invite("bob", sim.now)
+    sim.run(0.5)
+    sim.b.call.answer(sim.now)
+    sim.run(sim.now + 1.0)
+    assert sim.a.call.state is CallState.ACTIVE
+    assert sim.a.call.path_kind is PathKind.RELAY_UDP
+    sim.run(sim.now + 3.0)
+    assert sim.a.call.path_kind is sim.b.call.path_kind is PathKind.PUNCHED_UDP
+    kinds = [e.kind for e in sim.a.events if isinstance(e, PathChanged)]
+    assert kinds == [PathKind.RELAY_UDP, PathKind.PUNCHED_UDP]
+    assert sim.a.signals[-1].msg_type is MsgType.PATH_UPDATE
+
+
+def test_after_the_upgrade_window_the_call_stays_where_it_is() -> None:
+    config = CallConfig(upgrade_window=0.5)
+    sim = nat_sim(config=config, lose_check=lambda check: check.pair.remote == B_SRFLX)
+    sim.connect()
+    assert sim.a.call.path_kind is PathKind.RELAY_UDP
+    checks_before = len(sim.a.sent_checks)
+    sim.run(sim.now + 5.0)
+    assert sim.a.call.path_kind is PathKind.RELAY_UDP
+    late = [c for t, c in sim.a.sent_checks[checks_before:] if c.pair.remote == B_SRFLX]
+    assert 0 < len(late) <= 6  # as a backup, once a second: no more setup checks
+
+
 A_PUBLIC = candidate(HOST, UDP, ("198.18.0.2", 4000))
 
 

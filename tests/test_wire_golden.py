@@ -639,6 +639,27 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
         0,
         h("ed9e 01 94 0000 0003", "0045", "00"),  # shutting down, nowhere in particular
     ),
+    MsgType.LOGIN_TUNNEL_OPEN: (
+        {"tunnel_id": 7},
+        0,
+        h("ed9e 01 a0 0000 0004", "00000007"),  # tunnel 7
+    ),
+    MsgType.LOGIN_TUNNEL_DATA: (
+        {"tunnel_id": 7, "seq": 2, "ack": 1, "data": b"\x00\x2a"},
+        0,
+        h(
+            "ed9e 01 a1 0000 0010",  # 4 + 4 + 4 + 2 + 2 = 16
+            "00000007",  # tunnel 7
+            "00000002",  # the third chunk
+            "00000001",  # chunk 0 of the other direction arrived
+            "0002 002a",  # two bytes, u16 prefix: the head of a Noise frame's length
+        ),
+    ),
+    MsgType.LOGIN_TUNNEL_CLOSE: (
+        {"tunnel_id": 7, "code": ErrorCode.BUSY},
+        0,
+        h("ed9e 01 a2 0000 0006", "00000007", "0043"),  # too many tunnels
+    ),
     MsgType.INSTANT_MESSAGE: (
         {
             "message_id": b"\xab" * 16,

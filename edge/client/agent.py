@@ -6,11 +6,18 @@ How it starts:
    (``device.cert``): it logs in to the login server it pins, enrolling with
    the password from ``[account] password_file`` when it holds no
    certificate yet, else renewing with its device key alone. The issuer's
-   signed revocation list comes on the same session.
+   signed revocation list comes on the same session. When the login server
+   cannot be reached at all (refused, no answer; not when it says no) and the
+   device holds a certificate, it opens its port, attaches to a supernode
+   with that certificate, and logs in through it instead: the same session,
+   pinned to the same key, carried end to end in a login tunnel
+   (:func:`~edge.client.login.login_through`); later sessions with the login
+   server (buddies, the mailbox) do the same over the device's link. A device
+   with no certificate has to reach the login server itself once to enrol.
+   ``edge ctl status`` says which way it went (``login.via``).
 2. Its port P, as the seed's client chose it (:mod:`edge.client.ports`): UDP
    for its sessions and STUN tests (:class:`~edge.client.port.PortCore`), TCP
    for direct TCP connections from other devices (:mod:`edge.client.direct`).
-
 3. Its supernode: the ladder races the best supernodes of its host cache
    (bootstrap list first time) over UDP, TCP, TCP 80 and TCP 443
    (:mod:`edge.client.uplink`), attaches (following redirects), and hands the
@@ -23,44 +30,62 @@ How it starts:
 
 When the supernode goes (DETACH, or the session ends) the agent goes back to
 step 3 after a pause that doubles up to a minute, with jitter, preferring
-the alternatives it was handed. When it stops it publishes a record that says
-"last seen" rather than "online".
+the alternatives it was handed. A supernode that goes silent — a handshake
+through it times out and it does not answer a host-cache request in 1.5 s,
+or two handshakes in a row time out — is marked failed in the host cache and
+left the same way, and what was being tried goes once more through the next
+supernode. When it stops it publishes a record that says "last seen" rather
+than "online".
+
+The network under it is watched (:mod:`edge.client.netwatch`, netlink): when
+no route leads to the supernode any more the link is dropped at once (the
+device shows offline, "the network went down") and the agent waits for the
+network rather than trying; when the network comes back, or the source
+address towards the supernode changes, or the interface it leaves by went
+down and up, the agent runs the self-test again and republishes its
+candidates, reconnecting at once if it had lost its supernode. Calls ride
+out the gap by themselves (:mod:`edge.client.call`: a short outage resumes on
+the same path, a long one ends path-lost).
 
 Then, on behalf of ``edge ctl``: sessions with other devices through the
-supernodes (:mod:`edge.client.peers`), messages in them with a receipt, or
-sealed into the login server's mailbox when no device of the user answers
-(fetched at the next login); calls (:mod:`edge.client.calls`) with host,
-reflexive and relayed candidates — the relay allocated over UDP from port P
-at a configured standard TURN server or the login server's, or over the TCP
-connection the link took when only TCP gets out; files
-(:mod:`edge.client.transfers`); the buddy list, synced at login; and, when
-the operator allows it, promotion to supernode (:mod:`edge.client.promote`).
-``edge ctl status`` shows all of it.
+supernodes (:mod:`edge.client.peers`; a device whose record or certificate
+fails — revoked, expired — is refused, with the reason in the answer and in
+``status``), messages in them (:mod:`edge.client.messages`: in order, once,
+with receipts, a history kept across restarts, sealed into the login
+server's mailbox when no device of the user answers); calls
+(:mod:`edge.client.calls`) with host, reflexive, peer-reflexive, relayed and
+direct-TCP candidates — the relay allocated over UDP from port P at a
+configured standard TURN server or the login server's, or over the TCP
+connection the link took when only TCP gets out — and audio from the
+configured source into the call and out to the configured sink; files
+(:mod:`edge.client.transfers`, resumed after a break); the buddy list, synced
+at login; and, when the operator allows it, promotion to supernode
+(:mod:`edge.client.promote`). ``edge ctl status`` shows all of it.
 """
 
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import socket
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge.client import buddies, hostcache, mailbox
 from edge.client.call import Call, CallManager
 from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
 from edge.client.direct import DirectTcp
-from edge.client.errors import PeerUnreachable, UplinkFailed
+from edge.client.errors import LoginUnreachable, PeerUnreachable, SignalTimeout, UplinkFailed
 from edge.client.files import TransferFailed
-from edge.client.login import Credentials, LoginSession, login
-from edge.client.peers import Found, Peers
+from edge.client.login import Credentials, LoginSession, login, login_through
+from edge.client.messages import MessageDriver
+from edge.client.netwatch import NetWatcher, NetworkSettled, watch_network
+from edge.client.peers import Found, Peers, Refusal, refused_error
 from edge.client.port import PortCore, relay_address
 from edge.client.ports import PortChoice, bind_both, choose
 from edge.client.promote import PromotionDriver
@@ -71,6 +96,7 @@ from edge.crypto.cert import TrustStore, read_certificate
 from edge.crypto.keys import DeviceKeys
 from edge.crypto.revocation import RevocationCache, verify_revocations
 from edge.errors import EdgeError
+from edge.media.pipeline import CallAudio
 from edge.overlay.presence import REFRESH_EVERY, PresenceCandidate, make_presence, next_sequence
 from edge.runtime.adapters import DatagramAdapter, StreamAdapter, open_stream_client
 from edge.runtime.config import write_atomic
@@ -85,13 +111,9 @@ from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     BuddyOp,
     CandidateKind,
-    MailKind,
     Message,
-    ReceiptStatus,
     Transport,
     build_signed_revocation_list,
-    decode,
-    encode,
     parse_certificate,
     parse_signed_revocation_list,
 )
@@ -112,8 +134,13 @@ BUDDY_OPS = {
 }
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 60.0
-MAX_INBOX = 200
-RECEIPT_TIMEOUT = 10.0
+PROBE_TIMEOUT = 1.5
+"""How long the supernode may take to answer a HOSTCACHE_REQUEST asked to see if it is alive."""
+SILENT_AFTER_TIMEOUTS = 2
+"""Handshakes through the supernode that time out in a row before it counts as silent."""
+FAILOVER_TIMEOUT = 8.0
+"""How long moving to another supernode may take before the request gives up."""
+_T = TypeVar("_T")
 HOST_PRIORITY = (126 << 24) | (65535 << 8) | 255
 SRFLX_PRIORITY = (100 << 24) | (65535 << 8) | 255
 RELAY_PRIORITY = (0 << 24) | (65535 << 8) | 255
@@ -156,6 +183,10 @@ class Agent:
         self.link: Link | None = None
         self.nat: NatReport | None = None
         self.presence = Presence()
+        self.timings: dict[str, float] = {}
+        """Milliseconds from start to logged in (``login_ms``) and from the ladder's first
+        attempt to attached (``attach_ms``, the latest), and the wall-clock time presence
+        was first stored (``online_at``): what ``edge ctl status`` shows of a start."""
         self.last_error = ""
         self._rng = random.SystemRandom()
         self._cache, warning = hostcache.load_or_empty(config.state_dir / HOSTCACHE_FILE)
@@ -180,14 +211,23 @@ class Agent:
         self.transfers: TransferDriver | None = None
         self.direct: DirectTcp | None = None
         """Direct TCP connections with other devices, on and from port P's TCP side."""
-
         self.promotion: PromotionDriver | None = None
         self._promoting: asyncio.Task[None] | None = None
         self._keeping: asyncio.Task[None] | None = None
-        self.inbox: deque[JsonObject] = deque(maxlen=MAX_INBOX)
-        """The latest messages received, newest last, for ``edge ctl messages``."""
-        self._receipts: dict[bytes, asyncio.Future[int]] = {}
+        self.chat: MessageDriver | None = None
+        """Instant messages: sent, received, their history (created with port P)."""
+        self._mail: list[mailbox.Delivered] = []
+        """What the mailbox held at login, for the messages to take once they start."""
         self._signal_drops = 0
+        self._silent: Address | None = None
+        """A supernode that went silent on us: tried last at the next attach."""
+        self._netwatch: NetWatcher | None = None
+        self.network_changes = 0
+        """Times the network under the device changed in a way that matters to it."""
+        self._network_down = False
+        self._network_back = asyncio.Event()
+        """Set when the network came back: a reconnect waiting out its pause goes now."""
+        self._tested_at: float | None = None
         self.control = ControlServer(
             config.control_socket,
             {
@@ -208,16 +248,27 @@ class Agent:
     # -- lifecycle
 
     async def start(self) -> None:
+        began = time.monotonic()
+        self.login_via, self.login_at = "", 0.0
+        """How the last login went ("direct", or "supernode A:P" through a login
+        tunnel), and when."""
         await self._login()
-        await self._open_port()
+        self.timings["login_ms"] = _ms_since(began)
+        if self.port is None:  # a login through a supernode opened it already
+            await self._open_port()
         await self.control.start()
+        self._netwatch = watch_network(self._network_settled)
         self._task = asyncio.create_task(self._stay_online())
         self._keeping = asyncio.create_task(self._keep_mappings_open())
         if self.promotion is not None and self.config.supernode != "never":
             self._promoting = asyncio.create_task(self.promotion.run())
 
     async def stop(self) -> None:
+        if self._netwatch is not None:
+            self._netwatch.close()
         await self._say_goodbye()
+        if self.chat is not None:
+            await self.chat.close()  # the history, saved
         if self._keeping is not None:
             self._keeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,7 +291,6 @@ class Agent:
             await self._adapter.wait_closed()
         if self.direct is not None:
             await self.direct.close()
-
         for sock in self._sockets:
             sock.close()
 
@@ -292,11 +342,14 @@ class Agent:
                 "this device holds no certificate yet: give the account's password once "
                 "([account] password_file) to enrol it"
             )
-        who = Credentials(config.user_id, config.device_id, self.keys)
-        session = await login(config.login_address, config.server_key, who, password=password)
+        self.certificate = held
+        session = await self._login_session(password)
         try:
             self.certificate = session.certificate
             write_atomic(config.state_dir / CERT_FILE, self.certificate, 0o600)
+            if self._ladder is not None:  # port P opened with the held certificate
+                identity = Identity(self.keys, self.certificate)
+                self._ladder.identity = self._core.endpoint.identity = identity
             reply = await session.request(
                 MsgType.REVOCATION_FETCH, {"known_version": 0}, MsgType.REVOCATION_LIST
             )
@@ -310,27 +363,43 @@ class Agent:
             session.close()
 
     async def _fetch_mail(self, session: LoginSession) -> None:
-        """Messages left in the mailbox while this device was away, into the inbox."""
+        """Messages left in the mailbox while this device was away, to be ordered and
+        de-duplicated with the rest (kept until the messages start, if they have not)."""
         delivered, unreadable = await mailbox.fetch(session, self.keys.dh)
-        for item in delivered:
-            if item.kind is not MailKind.MESSAGE:
-                continue
-            try:
-                text = decode(item.content).body.text
-            except EdgeError:
-                continue  # sealed to us, but not a message we can read: skip it
-            self.inbox.append(
-                {"from": f"{item.sender}/{item.sender_device}", "text": text,
-                 "sent_ms": item.stored_ms, "id": item.message_id.hex(), "offline": True}
-            )  # fmt: skip
+        if self.chat is not None:  # a login through a supernode opened port P first
+            self.chat.receive_mail(delivered)
+        else:
+            self._mail = delivered
         if unreadable:
             _log.warning("%d mailbox items could not be opened", len(unreadable))
 
     async def _renewed_session(self) -> LoginSession:
         """A fresh session with the login server, renewed with the device key alone."""
+        return await self._login_session()
+
+    async def _login_session(self, password: str | None = None) -> LoginSession:
+        """A session with the login server: direct when it answers, else (holding a
+        certificate) through a login tunnel at the supernode, over this device's link
+        or, at start, over one attached for the login alone."""
         config = self.config
         who = Credentials(config.user_id, config.device_id, self.keys)
-        return await login(config.login_address, config.server_key, who)
+        try:
+            session = await login(config.login_address, config.server_key, who, password=password)
+        except LoginUnreachable as exc:
+            if password is not None:
+                raise UplinkFailed(f"{exc}; enrolling needs the login server once") from None
+            _log.warning("%s; logging in through a supernode", exc)
+        else:
+            self.login_via, self.login_at = "direct", time.time()
+            return session
+        link, own = self.link, False
+        if link is None or link.closed.is_set():
+            if self.port is None:
+                await self._open_port()
+            link, own = await self._attach(), True
+        session = await login_through(link, config.server_key, who, own_link=own)
+        self.login_via, self.login_at = f"supernode {_show(link.supernode)}", time.time()
+        return session
 
     async def _sync_buddies(self, session: LoginSession) -> None:
         await buddies.sync(session, self.buddies)
@@ -358,7 +427,9 @@ class Agent:
         self.peers.on_message = self._peer_message
         self._core.forward = self._forward_signal
         manager = CallManager(self.config.user_id, auto_answer=self.config.auto_answer)
-        self.calls = CallDriver(manager, self.peers, self._core, adapter.poke)
+        self.calls = CallDriver(
+            manager, self.peers, self._core, adapter.poke, audio=_call_audio(self.config)
+        )
         self.peers.on_media = self.calls.on_media
         self._core.checks = self.calls.on_stun
         self.calls.preopen = partial(_preopen, udp)
@@ -366,8 +437,11 @@ class Agent:
         self.direct = DirectTcp(adapter.datagram_received)
         self._core.tcp_out = self.direct.send
         await self.direct.listen(tcp)
-
         self.transfers = TransferDriver(self.peers, self.config.state_dir / "downloads")
+        self.chat = MessageDriver(
+            self.config.user_id, self.peers, self.config.state_dir, login=self._renewed_session,
+            trust=self.trust, wall_offset=wall_offset, mail=self._mail,
+        )  # fmt: skip
         self.promotion = self._promotion_driver(wall_offset)
         _log.info("port %d: %s", self.port.port, self.port.note)
 
@@ -408,14 +482,18 @@ class Agent:
             except (EdgeError, OSError) as exc:
                 self.last_error = str(exc)
                 _log.warning("offline: %s; trying again in %.0f s", exc, pause)
+            if self.online.is_set():
+                pause = RECONNECT_FIRST  # it served until now: a new failure, back off afresh
             self.presence.stored = 0
             self.online.clear()
             self._changed()
-            await asyncio.sleep(pause * self._rng.uniform(0.5, 1.0))
+            await self._pause(pause * self._rng.uniform(0.5, 1.0))
             pause = min(RECONNECT_MAX, pause * 2)
 
     async def _serve_once(self) -> None:
+        began = time.monotonic()
         link = await self._attach()
+        self.timings["attach_ms"] = _ms_since(began)
         self.link = link
         link.on_message = self._on_message
         self._detached.clear()
@@ -427,6 +505,7 @@ class Agent:
         else:
             self._start_relay()
         await self._publish(link)
+        self.timings.setdefault("online_at", time.time())
         while True:
             closed = asyncio.ensure_future(link.closed.wait())
             detached = asyncio.ensure_future(self._detached.wait())
@@ -451,6 +530,7 @@ class Agent:
         for address in self.config.bootstrap:
             self._cache.learn(address, now(), source="config")
         order = self._alternatives or [e.address for e in self._cache.ranked(now(), self._rng)]
+        order.sort(key=lambda address: address == self._silent)  # the silent one last
         self._alternatives = []
         try:
             rung, link = await connect(self._ladder, self._cache, order, now)
@@ -458,6 +538,7 @@ class Agent:
         finally:
             self._save_cache()
         _log.info("attached to %s (%s, load %d%%)", attached.link.where, rung, attached.load)
+        self._silent = None
         return attached.link
 
     def _on_message(self, message: Message) -> None:
@@ -489,7 +570,6 @@ class Agent:
             self.calls.gather(
                 candidates[0].address, reflexive, self.relayed, tcp=self.direct is not None
             )
-
         record = make_presence(
             self.keys,
             self.certificate,
@@ -527,13 +607,76 @@ class Agent:
         return found
 
     def _start_self_test(self, link: Link) -> None:
-        if link.transport != "udp" or self._core.stun is not None or self.port is None:
+        """Test our connectivity from port P against ``link``'s supernode. A test under
+        way gives way to the new one: it measured a network that may be gone."""
+        if link.transport != "udp" or self.port is None:
             return
         loop = asyncio.get_running_loop()
         local = (_local_ip_towards(link.supernode), self.port.port)
         self._core.stun = ConnectivityTest(link.supernode, local, loop.time())
+        self._tested_at = time.time()
         assert self._adapter is not None
         self._adapter.poke()
+
+    # -- the network under the device
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` before trying the supernodes again, or less when the
+        network comes back meanwhile: then the device reconnects at once. With no
+        route at all, trying is pointless: wait for the network instead (a minute
+        at most, should its return go unnoticed)."""
+        wait = RECONNECT_MAX if self._network_down else seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._network_back.wait(), wait)
+        self._network_back.clear()
+
+    def _network_settled(self, settled: NetworkSettled) -> None:
+        """The network changed (without netlink: the periodic check is due). What
+        matters is the way to the supernode: gone, a new source address, or the
+        interface it leaves by went down and came back."""
+        link = self.link
+        if link is None:
+            if settled.changes:
+                self._network_back.set()  # not attached yet: the next try need not wait
+            return
+        source = _local_ip_towards(link.supernode)
+        if source == UNROUTED:
+            self._network_lost(link)
+            return
+        used = self._netwatch.index_of(source) if self._netwatch is not None else None
+        published = self._published_host()
+        moved = published is not None and source != published
+        flapped = used is not None and used in settled.came_back
+        if not (moved or flapped or self._network_down):
+            return
+        self._network_down = False
+        self.network_changes += 1
+        self._changed()
+        _log.info("the network changed (leaving by %s): testing it again", source)
+        if link.closed.is_set():
+            self._network_back.set()
+        else:
+            # The link may have survived; publishing proves it (or ends it) and
+            # carries the candidates the new test and address give.
+            self._start_self_test(link)
+            self._republish.set()
+
+    def _network_lost(self, link: Link) -> None:
+        """No route leads to the supernode: the link went with the network. Say so
+        now, not at the next refresh minutes away; the reconnect waits for it."""
+        if self._network_down:
+            return
+        self._network_down = True
+        self._changed()
+        _log.warning("the network is down: no route to %s", _show(link.supernode))
+        if not link.closed.is_set():
+            link.reason = "the network went down"
+            link.close()
+
+    def _published_host(self) -> str | None:
+        """The host address our calls offer, as the last publish found it."""
+        offered = self.calls.manager.candidates if self.calls is not None else []
+        return offered[0].address[0] if offered else None
 
     def _permit(self, peer: Address) -> None:
         self._core.permit(peer, asyncio.get_running_loop().time())
@@ -620,7 +763,13 @@ class Agent:
         if link is None or link.closed.is_set():
             self._signal_drops += 1
             return
-        link.send(MsgType.SIGNAL_FORWARD, {"to_user": user, "to_device": device, "payload": data})
+        try:
+            link.send(
+                MsgType.SIGNAL_FORWARD, {"to_user": user, "to_device": device, "payload": data}
+            )
+        except EdgeError:
+            # The session with the supernode ended under us: lost as a datagram would be.
+            self._signal_drops += 1
 
     def _peer_message(self, peer: tuple[str, str], message: Message) -> None:
         assert self.peers is not None and self.calls is not None
@@ -630,21 +779,8 @@ class Agent:
             self.calls.on_signal(index, message) or self.transfers.on_message(index, message)
         ):
             return
-        body = message.body
-        if message.type is MsgType.INSTANT_MESSAGE:
-            self.inbox.append(
-                {"from": f"{peer[0]}/{peer[1]}", "text": body.text, "sent_ms": body.sent_ms,
-                 "id": bytes(body.message_id).hex()}
-            )  # fmt: skip
-            assert self.peers is not None
-            index = self.peers.session_of(peer)
-            if index is not None:
-                receipt = {"message_id": body.message_id, "status": ReceiptStatus.DELIVERED}
-                self.peers.send(index, MsgType.MESSAGE_RECEIPT, receipt)
-        elif message.type is MsgType.MESSAGE_RECEIPT:
-            waiter = self._receipts.get(bytes(body.message_id))
-            if waiter is not None and not waiter.done():
-                waiter.set_result(int(body.status))
+        if self.chat is not None:
+            self.chat.on_message(peer, message)  # INSTANT_MESSAGE, MESSAGE_RECEIPT
 
     def _online_link(self) -> Link:
         link = self.link
@@ -652,101 +788,141 @@ class Agent:
             raise PeerUnreachable("this device is not attached to a supernode right now")
         return link
 
+    async def _reachable(self, user: str, *, mailbox: bool = False) -> list[Found]:
+        """The online devices of ``user`` whose records and certificates hold up now.
+
+        None: :class:`~edge.client.errors.PeerRefused` naming each device refused and
+        why, where some were; else PeerUnreachable, or with ``mailbox`` an empty list
+        (the message goes to the mailbox).
+        """
+        assert self.peers is not None
+        lookup = await self.peers.lookup(self._online_link(), user)
+        online = [found for found in lookup.found if found.online]
+        if online or (mailbox and lookup.found):
+            return online
+        if lookup.refused:
+            raise refused_error(lookup.refused)
+        if mailbox:
+            return []
+        raise PeerUnreachable(f"{user} has no device online")
+
+    async def _session_with(self, user: str) -> tuple[Found, int]:
+        """A session with the first online device of ``user`` that answers."""
+        assert self.peers is not None
+        failures: list[PeerUnreachable] = []
+        for found in await self._reachable(user):
+            try:
+                return found, await self.peers.session(found.user, found.device)
+            except PeerUnreachable as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise type(failures[0])("; ".join(str(exc) for exc in failures))
+
+    async def _through_supernode(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """``attempt()``; once more through another supernode when ours went silent."""
+        link = self._online_link()
+        try:
+            return await attempt()
+        except (UplinkFailed, SignalTimeout):
+            if not await self._went_silent(link):
+                raise
+        await self._leave(link)
+        return await attempt()
+
+    async def _went_silent(self, link: Link) -> bool:
+        """After a request or a handshake through ``link`` timed out: is the supernode
+        the one at fault? It is when it left, when signalling through it timed out
+        twice in a row, or when it does not answer a request it answers by itself."""
+        assert self.peers is not None
+        if link.closed.is_set() or self.peers.signal_timeouts >= SILENT_AFTER_TIMEOUTS:
+            return True
+        try:
+            await link.request(
+                MsgType.HOSTCACHE_REQUEST, {"offset": 0}, MsgType.HOSTCACHE, timeout=PROBE_TIMEOUT
+            )
+        except UplinkFailed:
+            return True
+        return False
+
+    async def _leave(self, link: Link) -> None:
+        """Drop ``link`` (its supernode tried last from now on), then wait until the
+        device is attached and present through another."""
+        assert self.peers is not None
+        if link is self.link and not link.closed.is_set():
+            _log.warning("%s went silent: moving to another supernode", link.where)
+            self._silent = link.supernode
+            self._cache.failure(link.supernode, time.time())
+            link.reason = "it went silent"
+            link.close()
+        self.peers.signal_timeouts = 0
+        try:
+            await asyncio.wait_for(
+                self.wait_for(lambda: self.online.is_set() and self.link is not link),
+                FAILOVER_TIMEOUT,
+            )
+        except TimeoutError:
+            raise PeerUnreachable(
+                f"{link.where} went silent and no other supernode took this device"
+            ) from None
+
     async def search(self, args: Mapping[str, Any]) -> JsonObject:
         """Where ``args["user"]`` is: each device the overlay knows, verified."""
         assert self.peers is not None
-        found = await self.peers.find(self._online_link(), str(args.get("user", "")))
-        return {"devices": [_found(f) for f in found]}
-
-    async def send_text(self, args: Mapping[str, Any]) -> JsonObject:
-        """Send ``args["text"]`` to every online device of ``args["user"]``, end to end."""
-        user, text = str(args.get("user", "")), str(args.get("text", ""))
-        link = self._online_link()
-        assert self.peers is not None
-        devices = [f for f in await self.peers.find(link, user) if f.online]
-        if not devices:
-            return await self._leave_in_mailbox(user, text)
-        delivered = []
-        for found in devices:
-            with contextlib.suppress(PeerUnreachable):
-                if await self._send_one(found, text):
-                    delivered.append(f"{found.user}/{found.device}")
-        if not delivered:
-            # Its records said online, but no device answered: gone since.
-            return await self._leave_in_mailbox(user, text)
-        return {"delivered_to": delivered, "devices": len(devices)}
-
-    async def _leave_in_mailbox(self, user: str, text: str) -> JsonObject:
-        """Nobody online: seal the message to each of the user's devices at the login
-        server, which cannot read it; they fetch it when they next log in."""
-        content = encode(MsgType.INSTANT_MESSAGE, self._message_body(user, text, os.urandom(16)))
-        session = await self._renewed_session()
-        try:
-            message_id = await mailbox.leave(session, self.trust, user, content)
-        except EdgeError as exc:
-            raise PeerUnreachable(f"{user} has no device online, and the mailbox: {exc}") from None
-        finally:
-            session.close()
-        return {"delivered_to": [], "devices": 0, "stored_offline": message_id.hex()}
-
-    def _message_body(self, user: str, text: str, message_id: bytes) -> dict[str, Any]:
+        lookup = await self.peers.lookup(self._online_link(), str(args.get("user", "")))
         return {
-            "message_id": message_id,
-            "sender": self.config.user_id,
-            "recipient": user,
-            "sequence": next_sequence(0, time.time()),
-            "sent_ms": int(time.time() * 1000),
-            "text": text,
+            "devices": [_found(f) for f in lookup.found],
+            "refused": [_refusal(r) for r in lookup.refused],
         }
 
-    async def _send_one(self, found: Found, text: str) -> bool:
-        assert self.peers is not None
-        index = await self.peers.session(found.user, found.device)
-        message_id = os.urandom(16)
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._receipts[message_id] = waiter
-        body = self._message_body(found.user, text, message_id)
-        try:
-            self.peers.send(index, MsgType.INSTANT_MESSAGE, body)
-            return await asyncio.wait_for(waiter, RECEIPT_TIMEOUT) == ReceiptStatus.DELIVERED
-        except TimeoutError:
-            return False
-        finally:
-            self._receipts.pop(message_id, None)
+    async def send_text(self, args: Mapping[str, Any]) -> JsonObject:
+        """Send ``args["text"]`` to every online device of ``args["user"]``, end to end,
+        or to the mailbox when none answers (see :mod:`edge.client.messages`)."""
+        user, text = str(args.get("user", "")), str(args.get("text", ""))
+        assert self.peers is not None and self.chat is not None
+        online = await self._through_supernode(lambda: self._reachable(user, mailbox=True))
+        return await self.chat.send(user, text, [(f.user, f.device) for f in online])
 
     def messages(self, args: Any) -> JsonObject:
-        return {"messages": list(self.inbox)}
+        """Messages in (``messages``) and out (``sent``, with their status), oldest
+        first; those shown are marked READ, which their senders see."""
+        if self.chat is None:
+            raise PeerUnreachable("this device is not running yet")
+        return self.chat.listing()
 
     async def call(self, args: Mapping[str, Any]) -> JsonObject:
         """Call ``args["user"]``: its first online device, through a session of its own."""
         user = str(args.get("user", ""))
-        link = self._online_link()
-        assert self.peers is not None and self.calls is not None
-        devices = [f for f in await self.peers.find(link, user) if f.online]
-        if not devices:
-            raise PeerUnreachable(f"{user} has no device online")
-        session = await self.peers.session(devices[0].user, devices[0].device)
+        assert self.calls is not None
+        found, session = await self._through_supernode(lambda: self._session_with(user))
         call_id = self.calls.place(user, session)
-        return {"call": call_id.hex(), "device": f"{devices[0].user}/{devices[0].device}"}
+        return {"call": call_id.hex(), "device": f"{found.user}/{found.device}"}
 
     async def send_file(self, args: Mapping[str, Any]) -> JsonObject:
-        """Send the file at ``args["path"]`` to ``args["user"]``'s first online device."""
+        """Send the file at ``args["path"]`` to ``args["user"]``'s first online device;
+        sent again after a break, it goes on from where the receiver stopped."""
         user, path = str(args.get("user", "")), Path(str(args.get("path", "")))
         if not path.is_file():
             raise PeerUnreachable(f"no file at {path}")
-        link = self._online_link()
-        assert self.peers is not None and self.transfers is not None
-        devices = [f for f in await self.peers.find(link, user) if f.online]
-        if not devices:
-            raise PeerUnreachable(f"{user} has no device online")
-        session = await self.peers.session(devices[0].user, devices[0].device)
-        outcome = await self.transfers.send(session, path)
-        if isinstance(outcome, TransferFailed):
-            raise PeerUnreachable(f"the transfer failed: {outcome.reason}")
-        return {"sent": path.name, "to": f"{devices[0].user}/{devices[0].device}"}
+        assert self.transfers is not None and self.peers is not None
+        found, _ = await self._through_supernode(lambda: self._session_with(user))
+        peers, peer = self.peers, f"{found.user}/{found.device}"
+        outcome = await self.transfers.send(
+            lambda: peers.session(found.user, found.device), path,
+            sender=f"{self.config.user_id}/{self.config.device_id}", recipient=peer,
+        )  # fmt: skip
+        if isinstance(outcome.event, TransferFailed):
+            raise PeerUnreachable(
+                f"the transfer of {path.name} stopped at {outcome.acked} of {outcome.size} "
+                f"bytes: {outcome.event.reason}; send it again to go on from there"
+            )
+        return {"sent": path.name, "to": peer}
 
     def files(self, args: Any) -> JsonObject:
-        return {"received": list(self.transfers.received) if self.transfers else []}
+        """Files received, partial incoming transfers (receiving or stalled), sends."""
+        if self.transfers is None:
+            return {"received": [], "partial": [], "sending": [], "sent": []}
+        return self.transfers.listing()
 
     async def list_buddies(self, args: Any) -> JsonObject:
         """The buddy list, brought up to date with the login server first."""
@@ -806,7 +982,10 @@ class Agent:
                 "reflexive": _show(nat.reflexive) if nat.reflexive else None,
                 "mapping": nat.mapping.value,
                 "filtering": nat.filtering.value,
+                "tested_at": None if self._tested_at is None else round(self._tested_at, 1),
+                "testing": self._core.stun is not None,
             },
+            "network_changes": self.network_changes,
             "presence": {
                 "stored_on": self.presence.stored,
                 "published_at": round(self.presence.published_at),
@@ -817,8 +996,35 @@ class Agent:
             "relay": None if self.relayed is None else _show(self.relayed),
             "calls": self.calls.status() if self.calls else [],
             "supernode_role": self.promotion.status() if self.promotion else None,
+            "refused": [_refusal(r) for r in self.peers.refusals] if self.peers else [],
+            "refused_count": self.peers.refused if self.peers else 0,
+            "drops": self._drops(),
+            "timings": dict(self.timings),
+            "login": {"via": self.login_via, "at": round(self.login_at)},
             "last_error": self.last_error,
         }  # fmt: skip
+
+    def _drops(self) -> JsonObject:
+        """Input refused or lost, by where and why, for ``edge ctl status``: port P's
+        datagrams by error code, the socket's errors, signalling refused coming in by
+        error code and lost going out, what the relay and the session table dropped."""
+        adapter, peers = self._adapter, self.peers
+        if adapter is None or peers is None:
+            return {}
+        stats = self._core.endpoint.stats
+        return {
+            "port": {code.name: count for code, count in adapter.dropped.items()},
+            "socket_errors": dict(adapter.socket_errors),
+            "signalling_in": dict(peers.drops),
+            "signalling_out": self._signal_drops,
+            "relay": self._core.relay_drops,
+            "sessions": {key: stats[key] for key in SESSION_DROPS if stats[key]},
+        }
+
+
+SESSION_DROPS = ("datagrams_dropped", "events_dropped", "handshakes_failed")
+"""The session table's counters that ``drops`` shows: output and events it had no
+room for, handshakes that failed."""
 
 
 @dataclass(frozen=True)
@@ -886,6 +1092,15 @@ def _found(found: Found) -> JsonObject:
     }
 
 
+def _refusal(refusal: Refusal) -> JsonObject:
+    return {
+        "peer": refusal.peer,
+        "reason": refusal.reason,
+        "at": round(refusal.at),
+        "direction": "incoming" if refusal.incoming else "outgoing",
+    }
+
+
 PREOPEN_TTL = 2
 """Hops a mapping-opening packet lives: past our own NAT, dead before the peer's."""
 
@@ -910,6 +1125,10 @@ def _not_after(certificate: bytes) -> int | None:
         return None
 
 
+UNROUTED = "0.0.0.0"
+"""What :func:`_local_ip_towards` says when no route leads there."""
+
+
 def _local_ip_towards(address: Address) -> str:
     """The source address this host uses towards ``address`` (no packet is sent)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -922,3 +1141,12 @@ def _local_ip_towards(address: Address) -> str:
 
 def _show(address: Address) -> str:
     return f"{address[0]}:{address[1]}"
+
+
+def _ms_since(began: float) -> float:
+    return round((time.monotonic() - began) * 1000, 1)
+
+
+def _call_audio(config: AgentConfig) -> Callable[[], CallAudio]:
+    """How a call opens its audio: the ``[audio]`` capture and playback it names."""
+    return partial(CallAudio.open, config.capture, config.playback)

@@ -47,7 +47,12 @@ pairs its candidates with the other's (:func:`edge.client.ice.pairs`) and runs a
 :class:`~edge.client.checklist.Checklist`. When the caller's checklist
 nominates a pair the caller goes ACTIVE on it and sends its consent checks on
 it with USE-CANDIDATE; the callee goes ACTIVE on the pair the first such check
-(or the caller's media, or its PATH_UPDATE) arrives on. Checks are STUN
+(or the caller's media, or its PATH_UPDATE) arrives on. The caller nominates
+the first pair that works (``patience`` 0) and goes on checking the better
+ones for ``upgrade_window`` (3 s): the first of them to answer takes the call
+over, with a PATH_UPDATE. A call so starts as soon as any path works — a relay
+that answers in one round trip is not held up by a host pair that never will
+— and still ends up on the best path the pair allows. Checks are STUN
 Binding requests with short-term credentials: :func:`build_check`,
 :func:`answer_check`, :func:`parse_check_response` (RFC 8445 §7).
 
@@ -241,10 +246,15 @@ class CallConfig:
     max_backups: int = 3
     codecs: tuple[Codec, ...] = (Codec.OPUS, Codec.PCMU, Codec.PCMA)
     """What this device plays, preferred first."""
-    pacing: float = 0.05
+    pacing: float = 0.02
     rto: float = 0.5
     tries: int = 4
-    patience: float = 0.5
+    patience: float = 0.0
+    """How long the caller waits, after the first pair works, for better ones before it
+    nominates; 0: at once, moving up later (``upgrade_window``)."""
+    upgrade_window: float = 3.0
+    """After nomination, how long the caller goes on checking the pairs better than the
+    nominated one, moving the call to the first that works."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -263,8 +273,10 @@ class CallConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise CallMisuse(f"{name} must be a finite number > 0, got {value!r}")
-        if self.patience < 0 or self.tries < 1 or not 0 <= self.max_backups <= 16:
-            raise CallMisuse("patience >= 0, tries >= 1 and max_backups 0..16, please")
+        if min(self.patience, self.upgrade_window) < 0 or self.tries < 1:
+            raise CallMisuse("patience >= 0, upgrade_window >= 0 and tries >= 1, please")
+        if not 0 <= self.max_backups <= 16:
+            raise CallMisuse(f"max_backups is 0..16, got {self.max_backups}")
         if self.dead_after <= self.consent_interval:
             raise CallMisuse("dead_after must exceed consent_interval, or one late answer kills")
         if self.path_lost_timeout <= self.dead_after:
@@ -632,6 +644,7 @@ class Call:
         self._through_nat: set[Pair] = set()
         self._learned = 0
         self._early: list[_EarlyCheck] = []
+        self._upgrade_until = 0.0
 
     # -- outputs
 
@@ -669,6 +682,8 @@ class Call:
         times = [self._deadline, self._resend_at, self._consent_due, self._backup_due]
         if self._checks is not None:
             times.append(self._checks.get_timer())
+            if self.state is CallState.ACTIVE and not self._recovering:
+                times.append(self._upgrade_until)
         if self.state is CallState.ACTIVE and not self._recovering:
             times.append(self._dead_at())
         return min(t for t in times if t is not None)
@@ -856,6 +871,8 @@ class Call:
             self._after_setup_checks(now)
         elif ok and self._recovering:
             self._recovered(pair, now)
+        elif ok:
+            self._upgrade(now)
 
     def _answered(self, pair: Pair, now: float) -> None:
         sent = self._live.sent.get(pair)
@@ -1059,9 +1076,23 @@ class Call:
                 p for p, i in self._index.items() if checks.state(i) is PairState.FAILED
             }
         self._checks, self._deadline = None, None
+        if checks is not None and self.controlling and self.config.upgrade_window > 0:
+            checks.keep_checking_better()
+            if not checks.done:
+                self._checks, self._upgrade_until = checks, now + self.config.upgrade_window
         self._changed(CallState.CONNECTING)
         self._use(pair, now, announce=self.controlling)
         self._backup_due = now + self.config.backup_interval
+
+    def _upgrade(self, now: float) -> None:
+        """A better pair than the one in use answered after nomination: move up to it."""
+        checks = self._checks
+        if checks is None or self.state is not CallState.ACTIVE or self._recovering:
+            return
+        if checks.nominated is not None and checks.nominated != self.pair:
+            self._use(checks.nominated, now, announce=True)
+        if checks.done:
+            self._checks = None
 
     # -- paths while ACTIVE
 
@@ -1103,6 +1134,9 @@ class Call:
             for pair in self._backups():
                 self._send_check(pair, self._attempt, False, now)
             self._backup_due = now + self.config.backup_interval
+        upgrades = None if self._recovering else self._checks
+        if upgrades is not None and (upgrades.done or now >= self._upgrade_until):
+            self._checks = None  # no better pair answered in time: stay
         if self._checks is not None:
             if self._checks.failed:
                 self._checks = self._new_checklist(now, 0.0)  # keep trying until the deadline

@@ -16,10 +16,13 @@ of an owner:
   remote address (:meth:`~edge.session.datagram.DatagramEndpoint.move`), so
   media and signalling leave the supernodes for the call's own path; the
   session, its keys and counters stay the same;
-* media: while a call is ACTIVE a frame goes every 20 ms in the session
-  (:data:`FRAME_INTERVAL`); until the voice pipeline is plugged in, the frame is
-  Opus's three-byte silence, which is also what a muted microphone sends.
-  Frames and keepalives that arrive tell the call its path is alive.
+* media: while a call is ACTIVE, every 20 ms (:data:`FRAME_INTERVAL`) a tick
+  sends the next frame of the call's source, Opus-encoded by its
+  :class:`~edge.media.pipeline.CallAudio` (opened when the call goes active,
+  closed at the first tick after it ends), and pulls one frame from that
+  pipeline's jitter buffer into its sink; frames that arrive go into the
+  jitter buffer. Frames and keepalives that arrive tell the call its path is
+  alive.
 
 Candidates: the host address towards the supernode at port P and, when the
 self-test found one, the server-reflexive address; the relayed address of the
@@ -30,10 +33,11 @@ one (:meth:`~edge.client.call.Call.check_from`).
 """
 
 import asyncio
+import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge.client.call import (
@@ -53,6 +57,9 @@ from edge.client.ice import Pair, candidate
 from edge.client.peers import Peers
 from edge.client.port import PortCore, relay_address, via_peer
 from edge.errors import RemoteError
+from edge.media.errors import MediaError
+from edge.media.pipeline import CallAudio
+from edge.media.stats import ReceptionStats
 from edge.sansio import Address
 from edge.session.events import MediaReceived
 from edge.stun.attributes import AttrType
@@ -60,9 +67,12 @@ from edge.stun.codec import Class, parse
 from edge.wire.codes import MsgType
 from edge.wire.messages import CandidateKind, Codec, Message, PathKind, Transport
 
+_log = logging.getLogger(__name__)
+
 FRAME_INTERVAL = 0.020
 SILENCE = b"\xf8\xff\xfe"
-"""An Opus frame of silence (SILK 20 ms, DTX): what goes out before audio is wired."""
+"""An Opus frame of silence (SILK 20 ms, DTX): what goes out when a call's audio
+could not be opened (libopus missing, say)."""
 MAX_TRANSACTIONS = 1024
 CALL_TYPES = frozenset(
     {
@@ -81,6 +91,31 @@ class _Media:
     sequence: int = 0
     sent: int = 0
     received: int = 0
+    stats: ReceptionStats = field(default_factory=ReceptionStats)
+    """Loss and jitter of the frames received, from their sequence numbers and timestamps."""
+    started: float | None = None
+    """Loop time the invite went out (caller) or came in (callee)."""
+    first_sent: float | None = None
+    first_received: float | None = None
+
+    def setup_ms(self) -> float | None:
+        """Milliseconds from :attr:`started` until media had gone both ways, if it has."""
+        if self.started is None or self.first_sent is None or self.first_received is None:
+            return None
+        return round((max(self.first_sent, self.first_received) - self.started) * 1000, 1)
+
+
+def _reception(stats: ReceptionStats, now: float | None) -> dict[str, Any]:
+    """What a call's status shows of the frames received: loss (a fraction), frames
+    lost, jitter, and how long nothing has come by ``now`` (None before the first
+    frame, or with no ``now``: the call is over)."""
+    last = stats.last_at
+    return {
+        "loss": round(stats.loss, 3),
+        "lost": stats.lost,
+        "jitter_ms": round(stats.jitter_ms, 1),
+        "silent_ms": None if last is None or now is None else round((now - last) * 1000),
+    }
 
 
 def _destination(pair: Pair) -> Address:
@@ -102,6 +137,8 @@ class CallDriver:
         peers: Peers,
         core: PortCore,
         poke: Callable[[], None],
+        *,
+        audio: Callable[[], CallAudio] = CallAudio.silent,
     ) -> None:
         self.manager = manager
         self.peers = peers
@@ -121,6 +158,10 @@ class CallDriver:
         self.history: list[CallStateChanged] = []
         self.paths: dict[bytes, PathChanged] = {}
         self._changes = asyncio.Event()
+        self._open_audio = audio
+        """Opens a new call's audio: its source and sink, as the configuration names them."""
+        self._audio: dict[bytes, CallAudio | None] = {}
+        """Each active call's pipeline; None once opening it failed (the call sends silence)."""
 
     async def wait_for(self, condition: Callable[[], bool]) -> None:
         """Return once ``condition()`` holds, checked whenever a call changes state or
@@ -188,11 +229,19 @@ class CallDriver:
         return True
 
     def on_media(self, event: MediaReceived) -> None:
+        # The session with a device outlives a call: its frames belong to the call
+        # under way with it, not to an ended one before.
         for call_id, session in self._session_of.items():
             call = self.manager.calls.get(call_id)
-            if session == event.index and call is not None and call.pair is not None:
-                self._media.setdefault(call_id, _Media()).received += 1
+            if session != event.index or call is None or call.is_ended:
+                continue
+            if call.pair is not None:
+                media = self._media.setdefault(call_id, _Media())
+                media.received += 1
+                media.first_received = media.first_received or self._now()
+                media.stats.frame(event.sequence, event.timestamp, self._now())
                 call.media_received(call.pair, self._now())
+                self._hear(call, event)
                 self._changed()
                 return
 
@@ -239,7 +288,6 @@ class CallDriver:
             else:
                 call.check_from(relayed or host, source, request, now)
             self.manager.act(call.call_id, lambda c: None)
-
         self.pump()
         return True
 
@@ -278,6 +326,8 @@ class CallDriver:
         if isinstance(event, CallStateChanged):
             self.history.append(event)
             del self.history[:-64]
+            if event.old is CallState.IDLE:
+                self._media.setdefault(event.call_id, _Media()).started = self._now()
             if event.new is CallState.CONNECTING:
                 self._open_mappings(event.call_id)
             if event.new is CallState.ACTIVE:
@@ -330,20 +380,66 @@ class CallDriver:
     def _tick(self) -> None:
         self._ticker = None
         active = [c for c in self.manager.calls.values() if c.state is CallState.ACTIVE]
+        self._close_audio(keep={c.call_id for c in active})
         for call in active:
+            self._play(call.call_id)
             session = self._session_of.get(call.call_id)
             if session is None or not self.peers.core.endpoint.is_established(session):
                 continue
             media = self._media.setdefault(call.call_id, _Media())
             media.sequence = (media.sequence + 1) & 0xFFFF
             self.peers.core.endpoint.send_media(
-                session, stream_id=0, codec=Codec.OPUS, flags=0, sequence=media.sequence,
-                timestamp=(media.sequence * 320) & 0xFFFFFFFF, payload=SILENCE,
+                session, stream_id=0, codec=Codec.OPUS, sequence=media.sequence,
+                flags=CallAudio.FLAGS if self._audio.get(call.call_id) else 0,
+                timestamp=(media.sequence * 320) & 0xFFFFFFFF, payload=self._payload(call.call_id),
             )  # fmt: skip
             media.sent += 1
+            media.first_sent = media.first_sent or self._now()
         if active:
             self._poke()
             self._start_media()
+
+    def _pipeline(self, call_id: bytes) -> CallAudio | None:
+        if call_id not in self._audio:
+            try:
+                self._audio[call_id] = self._open_audio()
+            except MediaError as exc:
+                _log.warning("call %s: no audio, sending silence: %s", call_id.hex(), exc)
+                self._audio[call_id] = None
+        return self._audio[call_id]
+
+    def _payload(self, call_id: bytes) -> bytes:
+        audio = self._pipeline(call_id)
+        return SILENCE if audio is None else audio.payload()
+
+    def _hear(self, call: Call, event: MediaReceived) -> None:
+        """A frame of an active call to its jitter buffer; one of a call still
+        connecting at our end (the peer went active first) is dropped."""
+        audio = self._pipeline(call.call_id) if call.state is CallState.ACTIVE else None
+        if audio is not None:
+            audio.receive(
+                event.codec,
+                event.sequence,
+                event.timestamp,
+                event.payload,
+                self._now(),
+                flags=event.flags,
+            )
+
+    def _play(self, call_id: bytes) -> None:
+        audio = self._pipeline(call_id)
+        if audio is not None:
+            audio.play(self._now())
+
+    def _close_audio(self, keep: Collection[bytes] = ()) -> None:
+        for call_id in [c for c in self._audio if c not in keep]:
+            audio = self._audio.pop(call_id)
+            if audio is not None:
+                audio.close()
+
+    def close_audio(self) -> None:
+        """Close every call's audio (its files): for the owner, as it stops."""
+        self._close_audio()
 
     def status(self) -> list[dict[str, Any]]:
         out = []
@@ -361,9 +457,17 @@ class CallDriver:
                     "pairs": len(call.pairs),
                     "frames_sent": media.sent,
                     "frames_received": media.received,
+                    **_reception(media.stats, None if call.is_ended else self._now()),
+                    "setup_ms": media.setup_ms(),
+                    "audio": self._quality(call.call_id, path.rtt if path else None),
                 }
             )
         return out
+
+    def _quality(self, call_id: bytes, rtt: float | None) -> dict[str, object] | None:
+        """The call's audio, while it has some (:meth:`CallAudio.quality`)."""
+        audio = self._audio.get(call_id)
+        return None if audio is None else audio.quality(rtt * 1000 if rtt else None)
 
     def _path_name(self, call: Call) -> str | None:
         kind = call.path_kind

@@ -22,6 +22,11 @@ States (§6.1.2.6), as a table of what each event does to a pair::
   nominated once every pair of higher priority has failed — or, after
   ``patience`` seconds from the first success, the best succeeded pair, so a
   call is never held hostage by a silent better path.
+* Going on after nomination (:meth:`keep_checking_better`): the pairs better
+  than the nominated one are still checked, and the first of them to succeed
+  becomes :attr:`nominated` in its place (and a better one after it, again).
+  A call then starts on the first pair that works and moves up when a better
+  one answers, rather than waiting ``patience`` for pairs that may never do.
 * Triggered checks (§7.3.1.4): when the peer's check arrives on a pair that
   has not succeeded yet (:meth:`trigger`), or on a pair first learned from
   that check (:meth:`add`, a peer-reflexive remote end), the pair is checked
@@ -88,6 +93,7 @@ class Checklist:
         self._next_new = now
         self._first_success: float | None = None
         self.nominated: Pair | None = None
+        self._upgrading = False
         self._unfreeze_first_of_each_foundation()
 
     @property
@@ -96,7 +102,24 @@ class Checklist:
 
     @property
     def done(self) -> bool:
-        return self.nominated is not None or self.failed
+        """Nothing more to check: every pair failed, or one is nominated and no better
+        one is still being checked."""
+        if self.failed:
+            return True
+        if self.nominated is None:
+            return False
+        return not self._upgrading or not any(
+            self._open(entry) for entry in self._entries if self._better(entry)
+        )
+
+    def keep_checking_better(self) -> None:
+        """Once a pair is nominated, go on checking the better ones; the first to succeed
+        is nominated instead. Worse pairs are no longer checked."""
+        self._upgrading = True
+        self._triggered = [i for i in self._triggered if self._better(self._entries[i])]
+        for entry in self._entries:
+            if entry.due is not None and not self._better(entry):
+                entry.due = None
 
     def state(self, index: int) -> PairState:
         return self._entries[index].state
@@ -107,7 +130,7 @@ class Checklist:
         times = [entry.due for entry in self._entries if entry.due is not None]
         if self._triggered or self._next_pair() is not None:
             times.append(self._next_new)
-        if self._first_success is not None:
+        if self._first_success is not None and self.nominated is None:
             times.append(self._first_success + self._patience)
         return min(times) if times else None
 
@@ -139,7 +162,7 @@ class Checklist:
         succeeded or is being checked (§7.3.1.4)."""
         entry = self._entries[index]
         busy = entry.state in (PairState.SUCCEEDED, PairState.IN_PROGRESS)
-        if self.nominated is not None or busy:
+        if busy or (self.nominated is not None and not self._better(entry)):
             return
         entry.state = PairState.WAITING
         if index not in self._triggered:
@@ -182,9 +205,19 @@ class Checklist:
     def _next_pair(self) -> int | None:
         for wanted in (PairState.WAITING, PairState.FROZEN):
             for index in self._ranked:
-                if self._entries[index].state is wanted:
+                entry = self._entries[index]
+                if entry.state is wanted and (self.nominated is None or self._better(entry)):
                     return index
         return None
+
+    def _better(self, entry: _Entry) -> bool:
+        """Ranked above the nominated pair (which must exist)."""
+        assert self.nominated is not None
+        return entry.pair.priority > self.nominated.priority
+
+    @staticmethod
+    def _open(entry: _Entry) -> bool:
+        return entry.state not in (PairState.SUCCEEDED, PairState.FAILED)
 
     def _send(self, index: int, now: float) -> Check:
         entry = self._entries[index]
@@ -208,6 +241,11 @@ class Checklist:
 
     def _try_nominate(self, now: float) -> None:
         if self.nominated is not None:
+            if self._upgrading:
+                better = [e for e in self._entries if self._better(e)]
+                won = [e for e in better if e.state is PairState.SUCCEEDED]
+                if won:
+                    self.nominated = max(won, key=lambda e: e.pair.priority).pair
             return
         for entry in (self._entries[index] for index in self._ranked):  # best first
             if entry.state is PairState.SUCCEEDED:

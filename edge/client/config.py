@@ -30,8 +30,8 @@ port = 0                       # 0: pick a random port at first start, then keep
 control_socket = "/run/edge/agent.sock"   # where `edge ctl` finds this agent
 
 [audio]
-capture = "default"
-playback = "default"
+capture = "default"            # an ALSA PCM, "file:PATH.wav" (16-bit mono, to play), or "none"
+playback = "default"           # an ALSA PCM, "file:PATH.wav" (what is heard), or "none"
 rate = 16000
 echo_cancel = false
 
@@ -49,6 +49,8 @@ promotion_hold_seconds = 600   # conditions must hold this long to promote or de
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.media.pipeline import FILE_PREFIX, NONE, is_device
+from edge.media.wav import WavError, inspect
 from edge.runtime.config import ConfigDoc, load
 from edge.sansio import Address
 
@@ -120,8 +122,8 @@ def from_doc(doc: ConfigDoc) -> AgentConfig:
         port=state.get_int("port", 0, min=0, max=65535),
         control_socket=state.get_path("control_socket", Path("/run/edge/agent.sock")),
         password_file=account.get_path("password_file", None),
-        capture=audio.get_str("capture", "default", min_length=1, max_length=255),
-        playback=audio.get_str("playback", "default", min_length=1, max_length=255),
+        capture=_audio_end(audio, "capture"),
+        playback=_audio_end(audio, "playback"),
         rate=_rate(audio),
         echo_cancel=audio.get_bool("echo_cancel", False),
         board_profile=_section(doc, "board", {"profile"}).get_path("profile", None),
@@ -167,3 +169,35 @@ def _rate(audio: ConfigDoc) -> int:
     if rate not in AUDIO_RATES:
         raise audio.error("rate", f"expected one of {', '.join(map(str, AUDIO_RATES))}, got {rate}")
     return rate
+
+
+def _audio_end(audio: ConfigDoc, key: str) -> str:
+    """A sound device's name as written, or ``file:`` and the absolute path of a WAV
+    file: one to play (it must exist and be 16-bit mono) or to record to (its folder
+    must exist)."""
+    spec = audio.get_str(key, "default", min_length=1, max_length=255)
+    if spec == NONE:
+        return spec
+    if is_device(spec):
+        # PortAudio lists ALSA devices by name; one with control characters is a typo.
+        if not spec.isprintable():
+            raise audio.error(key, f"expected an ALSA device name, got {spec!r}")
+        return spec
+    written = spec.removeprefix(FILE_PREFIX)
+    if not written or "\0" in written:
+        raise audio.error(key, f'expected "{FILE_PREFIX}PATH.wav", got {spec!r}')
+    path = Path(written)
+    # Relative to the configuration file's folder, as every path here is.
+    base = audio._source.base_dir
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if key == "capture":
+        try:
+            inspect(path)
+        except WavError as exc:
+            raise audio.error(key, f"cannot play it: {exc}") from None
+    elif not path.parent.is_dir():
+        raise audio.error(key, f"cannot record to {path}: no folder {path.parent}")
+    elif path.is_dir():
+        raise audio.error(key, f"cannot record to {path}: it is a folder")
+    return f"{FILE_PREFIX}{path}"

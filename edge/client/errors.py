@@ -18,6 +18,13 @@ class ServerError(RemoteError):
         super().__init__(message, code=code)
 
 
+class LoginUnreachable(RemoteError):
+    """No connection to the login server could be made (refused, or no answer in time):
+    the server said nothing, so a supernode may still carry the login (a login tunnel)."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class UnexpectedReply(RemoteError):
     """The login server answered with a message we did not ask for."""
 
@@ -82,6 +89,19 @@ class PeerUnreachable(RemoteError):
     """Another user's device could not be reached: not online, or it did not answer."""
 
     code = ErrorCode.NOT_FOUND
+
+
+class PeerRefused(PeerUnreachable):
+    """Every device of the user that was found was refused: its presence record or its
+    certificate did not hold up (revoked, expired, another issuer's); the text names
+    each device and why."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class SignalTimeout(PeerUnreachable):
+    """A handshake through the supernodes got no answer in time: the peer is gone, or
+    a supernode on the way swallows signalling."""
 
 
 # -- calls (edge.client.call) -------------------------------------------------------

@@ -31,13 +31,16 @@ is the owner's business; the cores only need it to be mostly in order.
    needed. After ``give_up_after`` seconds without progress the sender gives
    up (:class:`TransferFailed`) and the receiver reports
    :class:`TransferStalled`, keeping its state.
-4. Resume. :meth:`FileReceiver.state` is a :class:`TransferState` (the offer
-   and the offset written so far) that the owner saves with
-   :func:`save_transfer`. In a new session, the sender offers the same file
-   (same ``file_id``) again; the receiver's owner loads the state, and the new
-   receiver re-hashes the part already on disk (through ``read_back``) and
-   accepts at the saved offset, so the new sender starts there. An offer that
-   differs from the saved one is refused.
+4. Resume. :meth:`FileReceiver.transfer_state` is a :class:`TransferState`
+   (the offer, the offset written so far and the SHA-256 of those bytes)
+   that the owner saves with :func:`save_transfer`. In a new session, the
+   sender offers the same file (same ``file_id``) again; the receiver's owner
+   loads the state, and the new receiver re-hashes the part already on disk
+   (through ``read_back``) and accepts at the saved offset, so the new sender
+   starts there. A part shorter than the state says, or whose bytes no longer
+   hash to the saved prefix (changed while nobody was looking), is not
+   trusted at all: the receiver starts from 0 (counted as ``part unreadable``
+   or ``part changed``). An offer that differs from the saved one is refused.
 5. When ``offset`` reaches the size, the receiver compares the SHA-256 of the
    whole file with the offer's: :class:`FileReceived` or :class:`FileCorrupt`.
    A wrong file is never reported as received.
@@ -48,11 +51,13 @@ What the receiver's owner must do with the disk:
   directory (opened with ``O_NOFOLLOW``, created if missing, mode 0600); it
   is called in order, each byte once per session, never leaving a hole;
 - ``read_back(offset, n)`` reads the part back when resuming (short reads
-  mean the part is damaged: the transfer restarts from 0);
-- before saving :meth:`FileReceiver.state`, fsync the part: the state must
-  never claim bytes the disk may not hold. Saving it before sending the
-  FILE_ACKs of a call means no acknowledged byte is ever sent twice; saving
-  less often only costs resending;
+  mean the part is damaged: the transfer restarts from 0); once the receiver
+  is built, cut the part to its :attr:`FileReceiver.offset`, so that no
+  byte past what was verified can end up in the file;
+- before saving :meth:`FileReceiver.transfer_state`, fsync the part: the
+  state must never claim bytes the disk may not hold. Saving it before
+  sending the FILE_ACKs of a call means no acknowledged byte is ever sent
+  twice; saving less often only costs resending;
 - :class:`FileReceived`: fsync, rename ``<name>.part`` to ``<name>`` (not
   over an existing file), delete the state file;
 - :class:`FileCorrupt`: delete the part and the state file. Which bytes are
@@ -89,6 +94,9 @@ from edge.wire.messages import DETAIL_MAX, FILE_CHUNK_MAX
 
 NAME_MAX = 255
 """Bytes of a file name (the cap of FILE_OFFER's ``name``)."""
+
+PEER_MAX = 2 * NAME_MAX + 1
+"""Characters of the ``user/device`` a saved transfer names as its sender."""
 
 FILE_FORMAT = "edge file transfer"
 FILE_VERSION = 1
@@ -188,6 +196,11 @@ class TransferState:
 
     offer: Offer
     offset: int
+    prefix_sha256: bytes | None = None
+    """SHA-256 of the first ``offset`` bytes as they were written; a resume checks the
+    part against it (None: not checked, the hash of the whole file still is)."""
+    peer: str = ""
+    """Who sends the file (``user/device``), for the owner to show; the cores ignore it."""
 
 
 @dataclass(frozen=True)
@@ -540,7 +553,7 @@ class FileReceiver(_Core):
         self._edge = 0
         self._idle_at: float | None = None
         if state is not None and state.offset > 0:
-            self._resume(state.offset, read_back)
+            self._resume(state, read_back)
 
     @property
     def offset(self) -> int:
@@ -553,7 +566,7 @@ class FileReceiver(_Core):
 
     def transfer_state(self) -> TransferState:
         """What to save (after fsyncing the part) to resume this transfer later."""
-        return TransferState(self.offer, self._offset)
+        return TransferState(self.offer, self._offset, self._hash.copy().digest())
 
     def accept(self, now: float) -> None:
         """Answer the offer: FILE_ACK from where the file stands, with credit."""
@@ -592,9 +605,10 @@ class FileReceiver(_Core):
         if timer is not None and now >= timer and self._fire(ReceiverTrigger.IDLE):
             self._events.append(TransferStalled(self.offer.file_id, self._offset))
 
-    def _resume(self, offset: int, read_back: Callable[[int, int], bytes] | None) -> None:
+    def _resume(self, state: TransferState, read_back: Callable[[int, int], bytes] | None) -> None:
         if read_back is None:
             raise FileMisuse("file receiver: resuming needs read_back to hash the part")
+        offset = state.offset
         if not 0 < offset <= self.offer.size:
             raise FileRefused(f"saved offset {offset} is beyond the size")
         at = 0
@@ -608,6 +622,10 @@ class FileReceiver(_Core):
                 break
             self._hash.update(data)
             at += size
+        if at and state.prefix_sha256 is not None and self._hash.digest() != state.prefix_sha256:
+            # Changed on disk since the save: which bytes is unknown, so none are kept.
+            self.counters["part changed"] += 1
+            self._hash, at = hashlib.sha256(), 0
         self._offset = self._edge = at
 
     def _on_chunk(self, body: Mapping[str, Any], now: float) -> None:
@@ -789,6 +807,8 @@ def save_transfer(state: TransferState, path: Path) -> None:
         "sha256": offer.sha256.hex(),
         "chunk_size": offer.chunk_size,
         "offset": state.offset,
+        "prefix_sha256": None if state.prefix_sha256 is None else state.prefix_sha256.hex(),
+        "peer": state.peer,
     }
     write_atomic(path, dump_document(FILE_FORMAT, FILE_VERSION, fields))
 
@@ -822,7 +842,19 @@ def _state_from(document: dict[str, Any]) -> TransferState:
     offset = document.get("offset")
     if not _is_int(offset, _U64) or offset > offer.size:
         raise _Invalid(f"offset {offset!r} is not from 0 to the size")
-    return TransferState(offer, offset)
+    prefix = None
+    if document.get("prefix_sha256") is not None:
+        prefix = _hex_from(document, "prefix_sha256", _HASH_BYTES)
+    return TransferState(offer, offset, prefix, _peer_from(document))
+
+
+def _peer_from(document: dict[str, Any]) -> str:
+    peer = document.get("peer", "")
+    if not isinstance(peer, str) or len(peer) > PEER_MAX:
+        raise _Invalid(f"peer is not a string of at most {PEER_MAX} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in peer):
+        raise _Invalid(f"peer {peer!r} has control characters")
+    return peer
 
 
 def _hex_from(document: dict[str, Any], key: str, size: int) -> bytes:

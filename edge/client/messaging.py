@@ -17,12 +17,14 @@ the history so it survives a restart), and keeps it in the *outbox* until a
 receipt comes. While a path to the user is up the message is sent, and sent
 again after 1, 2, 4, 8, 8 ... seconds; without a path it waits. A message
 still without a receipt ``deliver_within`` seconds after it was written leaves
-the outbox as an :class:`OfflineDelivery` event: the owner leaves its
-``content`` (the encoded INSTANT_MESSAGE) in the login server's mailbox with
-:func:`edge.client.mailbox.leave`, and the recipient feeds it back in with
-:meth:`Messenger.receive_offline`. Receipts move an outgoing message through
-:data:`RECEIPT_TRANSITIONS`; a status never goes back (a late DELIVERED after
-READ changes nothing).
+the outbox as an :class:`OfflineDelivery` event (at once, when the owner
+knows no device will answer and calls :meth:`Messenger.hand_to_mailbox`): the
+owner leaves its ``content`` (the encoded INSTANT_MESSAGE) in the login
+server's mailbox with :func:`edge.client.mailbox.leave`, or reports
+:meth:`Messenger.mailbox_failed`, and the recipient feeds it back in with
+:meth:`Messenger.receive_offline` (such messages are marked ``offline``).
+Receipts move an outgoing message through :data:`RECEIPT_TRANSITIONS`; a
+status never goes back (a late DELIVERED after READ changes nothing).
 
 Receiving. Each sending *device* numbers its messages to us, so order is kept
 per (user, device), a :class:`Conversation`:
@@ -116,6 +118,8 @@ class Status(StrEnum):
     READ = "read"
     REJECTED = "rejected"
     """Outgoing: the recipient's device refused it (addressed to someone else)."""
+    FAILED = "failed"
+    """Outgoing: no device answered and the mailbox would not take it either."""
 
 
 RECEIPT_TRANSITIONS: dict[Status, dict[ReceiptStatus, Status]] = {
@@ -133,6 +137,11 @@ RECEIPT_TRANSITIONS: dict[Status, dict[ReceiptStatus, Status]] = {
     Status.DELIVERED: {ReceiptStatus.READ: Status.READ},
     Status.READ: {},
     Status.REJECTED: {},
+    Status.FAILED: {
+        ReceiptStatus.DELIVERED: Status.DELIVERED,
+        ReceiptStatus.READ: Status.READ,
+        ReceiptStatus.REJECTED: Status.REJECTED,
+    },
 }
 """Where a receipt takes an outgoing message; a receipt not listed changes nothing."""
 
@@ -206,6 +215,10 @@ class Entry:
     status: Status
     device: str = ""
     """The sending device of an incoming message; "" for outgoing ones."""
+    late: bool = False
+    """Incoming: it came after its gap had been skipped (:class:`GapSkipped`)."""
+    offline: bool = False
+    """Incoming: it came from the mailbox (:meth:`Messenger.receive_offline`)."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,8 @@ class MessageDelivered:
     device: str = ""
     late: bool = False
     """It came after its gap had been skipped (:class:`GapSkipped`)."""
+    offline: bool = False
+    """It came from the mailbox rather than over a session."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +394,7 @@ class _Incoming:
     sequence: int
     sent_ms: int
     text: str
+    offline: bool = False
 
 
 @dataclass
@@ -543,7 +559,8 @@ class Messenger(CoreQueues[Send, Event]):
             self._refuse("undecodable", f"mailbox item from {from_user!r}: {exc}")
         if message.type is not MsgType.INSTANT_MESSAGE:
             self._refuse("undecodable", f"mailbox item from {from_user!r}: {message.type.name}")
-        self._on_message(_read_message(message.body), (from_user, from_device), now)
+        incoming = replace(_read_message(message.body), offline=True)
+        self._on_message(incoming, (from_user, from_device), now)
 
     def mark_read(self, message_id: bytes, now: float) -> bool:
         """The user has read an incoming message: tell its sender (READ receipt).
@@ -558,6 +575,30 @@ class Messenger(CoreQueues[Send, Event]):
             return False
         self.history.update(replace(entry, status=Status.READ))
         self._receipt((entry.peer, entry.device), message_id, ReceiptStatus.READ)
+        return True
+
+    def hand_to_mailbox(self, message_id: bytes) -> bool:
+        """Give up waiting for a receipt now: :class:`OfflineDelivery` follows at once.
+
+        For an owner that knows no device will answer (none is online). Returns
+        False when the message is not waiting for a receipt.
+        """
+        out = self._outbox.pop(message_id, None)
+        if out is None:
+            return False
+        self._hand_to_mailbox(out.entry)
+        return True
+
+    def mailbox_failed(self, message_id: bytes) -> bool:
+        """The mailbox refused an :class:`OfflineDelivery`: the message is FAILED.
+
+        A receipt that comes later still counts. Returns False when the message
+        was not waiting for the mailbox.
+        """
+        entry = self.history.get(message_id)
+        if entry is None or not entry.outgoing or entry.status is not Status.OFFLINE:
+            return False
+        self.history.update(replace(entry, status=Status.FAILED))
         return True
 
     def get_timer(self) -> float | None:
@@ -720,6 +761,8 @@ class Messenger(CoreQueues[Send, Event]):
                 message.text,
                 Status.DELIVERED,
                 device,
+                late,
+                message.offline,
             )
         )
         self._events.append(
@@ -731,6 +774,7 @@ class Messenger(CoreQueues[Send, Event]):
                 message.sent_ms,
                 device,
                 late,
+                message.offline,
             )
         )
         self._receipt(peer, message.message_id, ReceiptStatus.DELIVERED)
@@ -925,6 +969,8 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
         "sent_ms": entry.sent_ms,
         "status": entry.status.value,
         "text": entry.text,
+        "late": entry.late,
+        "offline": entry.offline,
     }
 
 
@@ -965,6 +1011,8 @@ def _entry_from(item: object, where: str) -> Entry:
         text,
         status,
         _text_from(item, "device", DEVICE_ID_MAX, where),
+        _flag_from(item, "late", where),
+        _flag_from(item, "offline", where),
     )
 
 
@@ -974,6 +1022,14 @@ def _status_from(value: object, outgoing: bool, where: str) -> Status:
         if value == status.value:
             return status
     raise _Invalid(f"{where}.status: {value!r} is not a status of this direction")
+
+
+def _flag_from(item: dict[str, object], key: str, where: str) -> bool:
+    # Absent in files written before the flag existed: those messages had neither.
+    value = item.get(key, False)
+    if not isinstance(value, bool):
+        raise _Invalid(f"{where}.{key}: {value!r} is not true or false")
+    return value
 
 
 def _id_from(value: object, where: str) -> bytes:

@@ -16,12 +16,29 @@ plus one frame, between ``min_delay`` and ``max_delay``: it grows at once
 when the network gets worse, and shrinks slowly as good frames push the bad
 ones out of the window.
 
+Redundant copies: a frame recovered from a later packet's copy of it
+(:mod:`edge.media.redundancy`) goes in through :meth:`JitterBuffer.recover`,
+which fills the frame's place only if it is still missing and not yet due,
+and leaves the delay measurement alone (a copy is late by design). It then
+plays like the original, as a :class:`Play` marked ``copy``; so a real copy
+comes first, the next packet's FEC second, concealment last.
+
 Clock drift and adaptation: when more is buffered than the target plus two
 frames, the oldest frame is dropped (one 20 ms frame now and then, which
-concealment smooths over); when the buffer runs dry it waits to rebuild its
-target delay, as at the start of a talkspurt. So two sound cards whose
+concealment smooths over); when the buffer runs dry it conceals up to
+``bridge`` frames (a burst of loss) and then waits to rebuild its target
+delay, as at the start of a talkspurt. So two sound cards whose
 clocks differ by 0.1 % never build up delay: the buffer sheds a frame every
 twenty seconds instead of growing by one.
+
+Growing the delay (``stretch``): when the frame due is missing and the time
+it has had to arrive (now, minus its media time, minus the smallest transit
+seen) is below the target, the buffer plays one frame of concealment and
+keeps waiting for it, so every later frame plays 20 ms later. The target
+rises when the jitter grows, or when its owner raises ``min_delay`` (a peer
+that sends copies two frames back needs two frames held for them to arrive
+in time); without stretching it would reach the new target only by running
+dry.
 """
 
 from collections import deque
@@ -37,6 +54,8 @@ WINDOW = 200
 class Play:
     sequence: int
     payload: bytes
+    copy: bool = False
+    """The frame came as a redundant copy in a later packet, its own packet lost."""
 
 
 @dataclass(frozen=True)
@@ -65,17 +84,26 @@ class JitterBuffer:
         min_delay: float = 0.020,
         max_delay: float = 0.300,
         capacity: int = 64,
+        bridge: int = 0,
+        stretch: bool = False,
     ) -> None:
         if not 0 < min_delay <= max_delay or frame <= 0 or capacity < 4:
             raise LocalError("jitter buffer: bad frame, delay bounds or capacity")
         self.frame, self.clock_rate = frame, clock_rate
         self.min_delay, self.max_delay, self.capacity = min_delay, max_delay, capacity
+        self.bridge, self.stretch = bridge, stretch
+        self._dry = 0
+        self._newest: tuple[int, int] | None = None
+        """(sequence, timestamp) of the latest frame pushed: the stream's clock."""
         self._frames: dict[int, bytes] = {}
+        self._copies: set[int] = set()
         self._next: int | None = None
         self._lateness: deque[float] = deque(maxlen=WINDOW)
         self._transit: deque[float] = deque(maxlen=WINDOW)
         self._first_arrival: float | None = None
-        self.stats = {"late": 0, "duplicate": 0, "overflow": 0, "dropped": 0, "concealed": 0}
+        self.stats = dict.fromkeys(
+            ("late", "duplicate", "overflow", "dropped", "concealed", "recovered", "stretched"), 0
+        )
 
     @property
     def target(self) -> float:
@@ -105,8 +133,28 @@ class JitterBuffer:
             self.stats["overflow"] += 1
             self._skip_oldest()
         self._frames[sequence] = payload
+        self._newest = (sequence, timestamp)
         if self._first_arrival is None:
             self._first_arrival = now
+
+    def recover(self, sequence: int, payload: bytes) -> bool:
+        """Take a redundant copy of frame ``sequence``; True if it fills a gap.
+
+        Ignored (False) when the frame is here already, is behind the playout
+        point, the stream has not started playing, or the buffer is full.
+        """
+        sequence %= SEQUENCE_SPACE
+        if self._next is None or _behind(sequence, self._next) or sequence in self._frames:
+            return False
+        # A copy reaches a few frames back from what arrived; one further ahead of
+        # the playout point than the buffer could ever hold is not of this stream.
+        ahead = (sequence - self._next) % SEQUENCE_SPACE
+        if len(self._frames) >= self.capacity or ahead >= self.capacity:
+            return False
+        self._frames[sequence] = payload
+        self._copies.add(sequence)
+        self.stats["recovered"] += 1
+        return True
 
     def pop(self, now: float) -> Playout:
         """The next frame period's audio."""
@@ -114,16 +162,34 @@ class JitterBuffer:
             return self._start(now)
         self._shed_excess()
         sequence = self._next
+        if self.stretch and self._short(sequence, now):
+            # One frame of concealment now, and every later frame plays 20 ms later.
+            self.stats["stretched"] += 1
+            return Conceal(sequence, None)
         payload = self._frames.pop(sequence, None)
         self._next = (sequence + 1) % SEQUENCE_SPACE
         if payload is not None:
+            self._dry = 0
+            if sequence in self._copies:
+                self._copies.discard(sequence)
+                return Play(sequence, payload, copy=True)
             return Play(sequence, payload)
         if not self._frames:
-            # Dry: nothing newer either. Restart like a new talkspurt.
-            self._next, self._first_arrival = None, None
-            return Wait()
+            return self._run_dry(sequence)
+        self._dry = 0
         self.stats["concealed"] += 1
         return Conceal(sequence, self._frames.get(self._next))
+
+    def _run_dry(self, sequence: int) -> Playout:
+        # A burst of lost packets looks like the end of a talkspurt until the next
+        # packet comes; bridge it with concealment (copies of the lost frames may
+        # still arrive), and restart only when the stream has really stopped.
+        self._dry += 1
+        if self._dry > self.bridge:
+            self._next, self._first_arrival, self._dry = None, None, 0
+            return Wait()
+        self.stats["concealed"] += 1
+        return Conceal(sequence, None)
 
     def _start(self, now: float) -> Playout:
         if not self._frames or self._first_arrival is None:
@@ -133,6 +199,18 @@ class JitterBuffer:
         self._next = self._oldest()
         return self.pop(now)
 
+    def _short(self, sequence: int, now: float) -> bool:
+        """Whether frame ``sequence``, missing as it falls due, leaves less than the
+        target for lateness: the jitter (or the target's floor) grew since playout
+        started, so the buffer waits a frame for it rather than give it up."""
+        if self._newest is None or not self._transit or sequence in self._frames:
+            return False
+        newest, stamp = self._newest
+        back = ((newest - sequence + SEQUENCE_SPACE // 2) % SEQUENCE_SPACE) - SEQUENCE_SPACE // 2
+        due = (stamp - back * self.frame * self.clock_rate) / self.clock_rate
+        slack = now - due - min(self._transit)
+        return slack < self.target
+
     def _shed_excess(self) -> None:
         while self.buffered > self.target + 2 * self.frame and len(self._frames) > 1:
             self._skip_oldest()
@@ -141,6 +219,7 @@ class JitterBuffer:
     def _skip_oldest(self) -> None:
         oldest = self._oldest()
         del self._frames[oldest]
+        self._copies.discard(oldest)
         if self._next is not None:
             # Whatever was missing before it is skipped with it.
             self._next = (oldest + 1) % SEQUENCE_SPACE

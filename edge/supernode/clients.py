@@ -61,6 +61,15 @@ it and never forwards it again, so a message crosses at most two supernodes.
 The stamped fields are routing hints; the clients' session authenticates who
 is who.
 
+Login tunnels. LOGIN_TUNNEL_OPEN, _DATA and _CLOSE go to
+:class:`~edge.supernode.tunnel.LoginTunnels`: a device that reaches this
+supernode but not the login server carries its own session with the login
+server through here, as opaque bytes. The core's messages for the device are
+sent in the device's session; its TCP work (:class:`~edge.supernode.tunnel.OpenLogin`
+and the like) goes up as events for the adapter (:mod:`edge.supernode.logintcp`),
+which reports back to :attr:`ClientService.tunnels` and then calls
+:meth:`ClientService.pump_tunnels`. A device's tunnels end with its session.
+
 Every other event
 goes up unchanged through :meth:`next_event`. Caps: requests waiting for the
 overlay (beyond it a client is told BUSY); the overlay caps the rest.
@@ -85,6 +94,7 @@ from edge.supernode.attach import Attachments
 from edge.supernode.dialback import DialbackService, Requester, SendProbe
 from edge.supernode.overlay import Found, OverlayService, PeerHeard, Published
 from edge.supernode.sessions import SessionTable
+from edge.supernode.tunnel import LoginTunnels, TunnelMessage
 from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import build_signed_revocation_list, parse_signed_revocation_list
 
@@ -128,6 +138,7 @@ class ClientService:
         rng: random.Random | None = None,
         dialback: DialbackService | None = None,
         verify: Callable[[bytes, bytes, TrustStore, float], Any] = verify_presence,
+        tunnels: LoginTunnels | None = None,
     ) -> None:
         self.overlay = overlay
         self.sessions = SessionTable(overlay.endpoint)
@@ -139,6 +150,8 @@ class ClientService:
         overlay.report_load = lambda: min(100, round(100 * self.admission.load))
         self._verify = verify
         self.dialback = dialback
+        self.tunnels = LoginTunnels(()) if tunnels is None else tunnels
+        """Login tunnels; without login servers configured, every OPEN is refused."""
         self.revocations = RevocationCache(trust)
         self._latest_list: dict[bytes, bytes] = {}
         """The newest signed revocation list applied, per issuer, to pass on."""
@@ -182,7 +195,7 @@ class ClientService:
 
     def get_timer(self) -> float | None:
         dialback = self.dialback.get_timer() if self.dialback is not None else None
-        timers = [self.overlay.get_timer(), self._gossip_at, dialback]
+        timers = [self.overlay.get_timer(), self._gossip_at, dialback, self.tunnels.get_timer()]
         return min((t for t in timers if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -192,6 +205,8 @@ class ClientService:
         if self.dialback is not None:
             self.dialback.handle_timer(now)
             self._dialback_actions()
+        self.tunnels.handle_timer(now)
+        self.pump_tunnels()
         self._pump(now)
 
     def _gossip(self, now: float) -> None:
@@ -218,6 +233,8 @@ class ClientService:
         elif isinstance(event, SessionFailed):
             self.attached.detach_session(index)
             self.sessions.remove_stream(index)
+            self.tunnels.session_gone(index)
+            self.pump_tunnels()
 
     def _address_of(self, index: int) -> Address | None:
         contact = self.overlay.contact_of(index)
@@ -245,6 +262,8 @@ class ClientService:
             else:
                 if isinstance(event, SessionFailed):
                     self.attached.detach_session(event.index)
+                    self.tunnels.session_gone(event.index)
+                    self.pump_tunnels()
                 self._events.append(event)
 
     def _publish(self, event: MessageReceived, now: float) -> None:
@@ -365,6 +384,21 @@ class ClientService:
                 self._events.append(action)
             elif self.sessions.is_established(action.index):
                 self.sessions.send(action.index, MsgType.DIALBACK_RESULT, action.body())
+
+    # -- login tunnels: a device's own session with the login server, carried
+
+    def _on_tunnel(self, event: MessageReceived, now: float) -> None:
+        peer = self.sessions.peer(event.index)
+        self.tunnels.receive(event.index, (peer.user_id, peer.device_id), event.message, now)
+        self.pump_tunnels()
+
+    def pump_tunnels(self) -> None:
+        """Send the tunnels' messages to their devices; their TCP work goes up as events."""
+        while (action := self.tunnels.next_action()) is not None:
+            if not isinstance(action, TunnelMessage):
+                self._events.append(action)
+            elif self.sessions.is_established(action.index):
+                self.sessions.send(action.index, action.type, action.body)
 
     # -- rendezvous: signalling between clients, through one or two supernodes
 
@@ -499,5 +533,8 @@ class ClientService:
         MsgType.REVOCATION_LIST: _on_revocations,
         MsgType.DIALBACK_REQUEST: _on_dialback,
         MsgType.DIALBACK_CONFIRM: _on_dialback,
+        MsgType.LOGIN_TUNNEL_OPEN: _on_tunnel,
+        MsgType.LOGIN_TUNNEL_DATA: _on_tunnel,
+        MsgType.LOGIN_TUNNEL_CLOSE: _on_tunnel,
     }
     """The client messages a supernode answers, and who answers each."""

@@ -14,7 +14,10 @@ Noise sessions (:class:`~edge.supernode.relay.RelayAdapter` sorts datagrams
 by their first byte), and its TCP ports the sessions of devices that only get
 TCP out (:class:`~edge.supernode.streams.EdgeStream`): the DHT with other
 supernodes, joined through the bootstrap list at start, and what devices ask
-(:class:`~edge.supernode.clients.ClientService`). Its keys are made at first
+(:class:`~edge.supernode.clients.ClientService`), including the login
+tunnels of devices that reach it but not the login server, whose TCP
+connections to ``[overlay] login_servers`` :mod:`edge.supernode.logintcp`
+makes. Its keys are made at first
 start in the state folder (``supernode.key``); its certificate comes from the
 login server's issuer (``edge keys certify --device <state_dir>/supernode.key``).
 
@@ -60,9 +63,11 @@ from edge.supernode.clients import ClientService
 from edge.supernode.config import SupernodeConfig
 from edge.supernode.dialback import DialbackService, SendProbe
 from edge.supernode.errors import SupernodeBindError, SupernodeIdentityError
+from edge.supernode.logintcp import LoginConnections
 from edge.supernode.overlay import Joined, OverlayService
 from edge.supernode.relay import RelayAdapter
 from edge.supernode.streams import EdgeStream
+from edge.supernode.tunnel import LoginTunnels
 from edge.wire.codes import ErrorCode
 from edge.wire.errors import WireError
 from edge.wire.messages import parse_certificate
@@ -111,6 +116,8 @@ class Supernode:
         self.bound: Bound | None = None
         self.clients: ClientService | None = None
         self.discovery: discovery.DiscoverySockets | None = None
+        self.logins: LoginConnections | None = None
+        """The login tunnels' connections to the login servers (with the overlay)."""
         self._probe: socket.socket | None = None
         """The dial-back probes' own socket: no device session ever used it."""
         self.joined = asyncio.Event()
@@ -194,7 +201,11 @@ class Supernode:
             contact.address,
             wall_offset=wall_offset,
         )
-        self.clients = ClientService(overlay, trust, admission=admission, dialback=dialback)
+        tunnels = LoginTunnels(config.overlay.login_servers)
+        self.clients = ClientService(
+            overlay, trust, admission=admission, dialback=dialback, tunnels=tunnels
+        )
+        self.logins = LoginConnections(tunnels, self._after_login_io)
         self._probe = _probe_socket(config.host)
         self.relay.attach(self.clients, self._on_edge_event)
         self.relay.edge_streams = self._edge_stream_factory(identity, trust)
@@ -215,7 +226,15 @@ class Supernode:
 
         return make
 
+    def _after_login_io(self) -> None:
+        """A login tunnel's connection did something: what its core answered goes out."""
+        if self.clients is not None:
+            self.clients.pump_tunnels()
+        self.relay.flush_edge()
+
     def _on_edge_event(self, event: object) -> None:
+        if self.logins is not None and self.logins.act(event):
+            return
         if isinstance(event, SendProbe) and self._probe is not None:
             try:
                 self._probe.sendto(event.datagram, event.address)
@@ -232,6 +251,8 @@ class Supernode:
             told = self.clients.detach_all(ErrorCode.UNAVAILABLE, asyncio.get_running_loop().time())
             self.relay.flush_edge()
             _log.info("handed %d devices to other supernodes", told)
+        if self.logins is not None:
+            self.logins.close()
         self.relay.stop_listening()
         await self.relay.wait_idle(self.config.shutdown_grace)
         await self.control.stop()
@@ -281,6 +302,7 @@ class Supernode:
             "load": round(self.clients.admission.load, 3),
             "counts": dict(overlay.counts),
             "presence": dict(self.clients.counts),
+            "login_tunnels": {"open": len(self.clients.tunnels), **self.clients.tunnels.counts},
         }
 
     def counters(self, args: Mapping[str, Any]) -> JsonObject:

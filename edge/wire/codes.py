@@ -96,6 +96,10 @@ class MsgType(IntEnum):
     HOSTCACHE_REQUEST = 0x92
     HOSTCACHE = 0x93
     DETACH = 0x94
+    # Logging in through the supernode when only it is reachable - 0xA_
+    LOGIN_TUNNEL_OPEN = 0xA0
+    LOGIN_TUNNEL_DATA = 0xA1
+    LOGIN_TUNNEL_CLOSE = 0xA2
 
 
 class ErrorCode(IntEnum):

@@ -136,7 +136,8 @@ class MediaFlag(IntFlag):
     """Bits of a MEDIA_FRAME's ``flags``; the rest are reserved (sent 0, ignored)."""
 
     REDUNDANCY = 0x01
-    """The payload also protects the frame before it (e.g. Opus FEC, RFC 6716 §2.1.7)."""
+    """The payload also carries copies of earlier frames (edge/media/redundancy.py: a
+    block in the Opus packet's padding, RFC 6716 §3.2.5, which any Opus decoder skips)."""
 
     MARKER = 0x02
     """First frame of a talkspurt, as the RTP marker bit (RFC 3550 §5.1)."""
@@ -1438,6 +1439,54 @@ DETACH = MessageSpec(
     "attaches to an alternative (or its host cache) and publishes its presence there.",
 )
 
+TUNNEL_CHUNK_MAX = 1024
+"""Bytes of the login stream in one LOGIN_TUNNEL_DATA: with the tunnel's fields and
+the device session's own envelope it stays under a 1,280-byte path MTU."""
+
+LOGIN_TUNNEL_OPEN = MessageSpec(
+    MsgType.LOGIN_TUNNEL_OPEN,
+    Struct(
+        "tunnel_id" / Int32ub * "chosen by the device, unique among its open tunnels",
+    ),
+    "edge login tunnel (no external spec); the seed's login through a supernode",
+    "A device that cannot reach the login server asks its supernode to open a TCP "
+    "connection to the login server the supernode is configured with. The supernode "
+    "answers an empty LOGIN_TUNNEL_DATA once connected, or LOGIN_TUNNEL_CLOSE. The "
+    "device repeats OPEN until one comes; a repeat of an open tunnel is answered again.",
+)
+
+LOGIN_TUNNEL_DATA = MessageSpec(
+    MsgType.LOGIN_TUNNEL_DATA,
+    Struct(
+        "tunnel_id" / Int32ub * "from the LOGIN_TUNNEL_OPEN",
+        "seq" / Int32ub * "this chunk's number, from 0; with empty data: the next number",
+        "ack" / Int32ub * "every chunk below this number arrived (cumulative)",
+        "data"
+        / Blob(TUNNEL_CHUNK_MAX)
+        * "the next bytes of the device's TCP stream with the login server; empty: only an ack",
+    ),
+    "edge login tunnel (no external spec); go-back-N as in RFC 3366 §2.3.1",
+    "The device's own Noise session with the login server, pinned to its key, as "
+    "opaque bytes: the supernode sees ciphertext only. Chunks are numbered and "
+    "acknowledged, and repeated until acknowledged, since the device's session with "
+    "the supernode may be UDP; a chunk out of order is dropped and the expected "
+    "number acknowledged again.",
+)
+
+LOGIN_TUNNEL_CLOSE = MessageSpec(
+    MsgType.LOGIN_TUNNEL_CLOSE,
+    Struct(
+        "tunnel_id" / Int32ub * "from the LOGIN_TUNNEL_OPEN",
+        "code"
+        / EnumField(ErrorCode, 2, accept_unknown=True)
+        * "OK: ended; UNAVAILABLE: the login server is unreachable or left; "
+        "BUSY: too many tunnels; RATE_LIMITED: too many opened lately; NOT_FOUND: no such tunnel",
+    ),
+    "edge login tunnel (no external spec)",
+    "Either side ends the tunnel; the supernode closes its TCP connection to the "
+    "login server. Not answered.",
+)
+
 SPECS: dict[MsgType, MessageSpec] = {
     spec.type: spec
     for spec in (
@@ -1506,6 +1555,9 @@ SPECS: dict[MsgType, MessageSpec] = {
         HOSTCACHE_REQUEST,
         HOSTCACHE,
         DETACH,
+        LOGIN_TUNNEL_OPEN,
+        LOGIN_TUNNEL_DATA,
+        LOGIN_TUNNEL_CLOSE,
     )
 }
 
