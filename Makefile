@@ -9,8 +9,9 @@ APT_STAMP := $(VENV)/.apt-checked
 TEST_APT_STAMP := $(VENV)/.apt-test-checked
 
 # Debian packages: build headers for pyaudio, and the libraries edge loads
-# (libopus for voice, libpq for the PostgreSQL store).
-APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libportaudio2 libopus0 libsamplerate0 libpq5
+# (libopus for voice, libspeexdsp for echo cancellation and noise suppression,
+# libpq for the PostgreSQL store).
+APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libportaudio2 libopus0 libsamplerate0 libspeexdsp1 libpq5
 # Only for the tests and benchmarks: a PostgreSQL server they start themselves
 # (a throw-away cluster on a Unix socket), coturn, whose turnserver the STUN
 # interop tests start on 127.0.0.1, iproute2 and nftables for the NAT lab

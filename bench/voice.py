@@ -12,8 +12,29 @@ of :data:`RUNS` seeds. The sessions' crypto is left out of that loop (it does
 not change a byte of audio) and timed on its own. Both ends send, so the
 receiver's loss reports steer the sender as in a real call, and the speech
 starts :data:`LEAD` frames into the call. One more run, clean, takes the
-speech through two real agents on loopback (:func:`agents_call`): impairing
-their path is not built, so loss and jitter go through the model only.
+speech through two real agents on loopback (:func:`agents_call`).
+
+Then the whole agent-to-agent path, with the loss and jitter on a real network
+(:func:`lab_rows`, root only): the NAT lab (:mod:`tests.natlab`) with two
+public sites, the login server and both supernodes, each a real process, and
+an ``edge agent`` on each site, driven through its control socket. The
+caller's uplink goes through the lab's impairment forwarder
+(:mod:`tests.impair`), both ways, with the condition's base delay, jitter
+(spread without reordering: the forwarder keeps frames in order) and random
+loss; it is replaced by a forwarder seeded anew before each call
+(:class:`VoiceLab`). The caller plays a WAV file (:data:`LEAD` frames of
+silence, the speech, :data:`TAIL_FRAMES` more) into the call, the callee
+answers by itself and records to another, the caller hangs up once it has
+sent the whole file, and the recording, aligned to the speech by
+cross-correlation (:func:`aligned`), is scored. A random condition is the
+mean of :data:`LAB_CALLS` calls; each row notes what the callee's status
+said of the call (``edge ctl status``: loss seen, frames repaired and
+concealed, the MOS it estimates). A call that fails to be placed (a lookup
+lost on the lossy uplink) is placed again, as a user would redial, and
+counted.
+
+``python -m bench.voice --lab-calls N`` sets the calls per condition (0: no lab);
+``--lab-only`` leaves the model out.
 
 Figures, each beside its target: wide-band PESQ (ITU-T P.862.2, the ``pesq``
 package) of the received speech against the sent, per condition, with the
@@ -28,18 +49,24 @@ jitter buffer's hold, and the processing time).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import heapq
+import json
 import random
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.lab import DelayedLab, _log_tail
 from edge.client.agent import Agent
 from edge.crypto.transport import DatagramTransport
 from edge.errors import EdgeError
@@ -57,6 +84,8 @@ from edge.media.resample import Quality, Resampler
 from edge.media.wav import read_wav, write_wav
 from edge.runtime.control import request
 from edge.wire.messages import Codec
+from tests.impair import Impairment
+from tests.natlab import SiteSpec, remove_stale, unavailable
 
 FRAME = FRAME_SAMPLES / RATE
 TAIL_FRAMES = 25
@@ -66,6 +95,8 @@ LEAD = 150
 reports are coming back, by the time anyone speaks; the score is of the speech."""
 SEED = 2198
 RUNS = 8
+LAB_CALLS = 3
+"""Calls per random condition through the NAT lab, whose forwarder draws each frame's fate."""
 SENTENCES = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
     "It is easy to tell the depth of a well. These days a chicken leg is a rare dish. "
@@ -345,11 +376,24 @@ def crypto_ms(payload_bytes: int) -> float:
 # --- the figures --------------------------------------------------------------------
 
 
-def run() -> list[Row | Skipped]:
+def run(lab_calls: int = LAB_CALLS, model: bool = True) -> list[Row | Skipped]:
+    """Every figure: the model's (``model``) and the NAT lab's (``lab_calls`` calls a
+    condition; none with 0)."""
     try:
         spoken = speech()
     except (FileNotFoundError, subprocess.SubprocessError) as exc:
         return [Skipped("voice", str(exc))]
+    rows: list[Row | Skipped] = []
+    if model:
+        rows += model_rows(spoken)
+    if lab_calls:
+        rows += lab_rows(spoken, lab_calls)
+    return rows
+
+
+def model_rows(spoken: bytes) -> list[Row | Skipped]:
+    """PESQ per condition through the seeded model, the clean call between two agents
+    on loopback, and the CPU and delay figures."""
     rows: list[Row | Skipped] = []
     for condition in CONDITIONS:
         outcomes = [call(spoken, condition, seed) for seed in seeds(condition)]
@@ -427,7 +471,7 @@ def aligned(said: bytes, heard: bytes) -> bytes:
 
 
 def _agents_row(spoken: bytes) -> Row | Skipped:
-    name = "PESQ-WB, clean, two agents"
+    name = "PESQ-WB, clean, agents on loopback"
     # Silence around the speech: the first frames of a call may go before the
     # callee is active, and the file loops.
     said = bytes(25 * FRAME_BYTES) + spoken + bytes(50 * FRAME_BYTES)
@@ -445,7 +489,7 @@ def _agents_row(spoken: bytes) -> Row | Skipped:
 
 
 def _quality_row(condition: Condition, spoken: bytes, outcomes: list[Outcome]) -> Row | Skipped:
-    name = f"PESQ-WB, {condition.name}"
+    name = f"PESQ-WB, {condition.name}, model"
     sent = spoken + bytes(TAIL_FRAMES * FRAME_BYTES)
     kbps = max(o.kbps for o in outcomes)
     note = (
@@ -487,3 +531,249 @@ def _delay_row(outcome: Outcome) -> Row:
     note = f"frame {FRAME * 1000:.0f} + jitter buffer {held * 1000:.0f} ms + processing"
     return Row("software mouth-to-ear delay", total, "ms", f"<= {DELAY_TARGET_MS:.0f}",
                total <= DELAY_TARGET_MS, note)  # fmt: skip
+
+
+# --- through the NAT lab ------------------------------------------------------------
+
+CALLER, CALLEE = "pub1", "pub2"
+"""The two sites: public hosts, so the call goes straight between them (direct UDP);
+the caller's uplink carries the condition, both ways."""
+USERS = {CALLER: "ann", CALLEE: "ben"}
+CALL_DEADLINE = 30.0
+"""Seconds a lab call may take beyond its speech (setup, the last frames, the end)."""
+DIALS = 5
+"""Attempts to place a call at most."""
+POLL = 0.1
+"""Seconds between two looks at an agent's status (what is measured does not depend on it)."""
+
+
+class LabVoiceError(EdgeError):
+    """A call through the lab did not go as a call should; the message says how it stood."""
+
+
+@dataclass(frozen=True)
+class LabCall:
+    """One call through the lab: the score of what the callee recorded, and both ends'
+    status of the call (``edge ctl status``) just before the hang-up."""
+
+    score: float
+    caller: dict[str, Any]
+    callee: dict[str, Any]
+    redials: int = 0
+    """Attempts to place the call that failed before the one that worked."""
+
+
+class VoiceLab(DelayedLab):
+    """The NAT lab with a forwarder that is replaced between calls: each forwarder
+    takes its impairment and its seed on its command line, once."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self._forwarders: dict[str, subprocess.Popen[str]] = {}
+
+    def _impaired_uplink(self, router: str, wan: str, impairment: Impairment, seed: int) -> None:
+        super()._impaired_uplink(router, wan, impairment, seed)
+        self._forwarders[router] = self.processes[-1]
+
+    def impair(self, site: str, impairment: Impairment, seed: int) -> None:
+        """Put ``impairment`` on ``site``'s uplink from now on (built impaired)."""
+        built = self.sites[site]
+        namespace = built.router or built.host
+        old = self._forwarders[namespace]
+        # It holds nothing to tidy: frames still queued in it are simply lost.
+        old.kill()
+        old.wait()
+        argv = [sys.executable, "-m", "tests.impair", "wanx", "uplink", "--seed", str(seed)]
+        self._forwarders[namespace] = self.spawn(namespace, *argv, *impairment.argv(), ready=True)
+
+
+class VoicePath:
+    """Two agents in the lab, the caller playing a WAV file into every call and the
+    callee recording each call to another; see :func:`voice_path`."""
+
+    def __init__(self, net: VoiceLab, tmp: Path, spoken: bytes) -> None:
+        self.net, self.tmp, self.spoken = net, tmp, spoken
+        said = bytes(LEAD * FRAME_BYTES) + spoken + bytes(TAIL_FRAMES * FRAME_BYTES)
+        write_wav(tmp / "says.wav", said)
+        self.frames = len(said) // FRAME_BYTES
+        self.controls: dict[str, Path] = {}
+
+    def start(self) -> None:
+        """The login server, the supernodes, and both agents online."""
+        from bench.lab import _servers
+
+        keys = _servers(self.net, self.tmp)
+        self.controls[CALLER] = self._agent(CALLER, keys, f"file:{self.tmp / 'says.wav'}", "none")
+        self.controls[CALLEE] = self._agent(CALLEE, keys, "none", f"file:{self.heard}")
+
+    @property
+    def heard(self) -> Path:
+        return self.tmp / "heard.wav"
+
+    def _agent(self, site: str, keys: Any, capture: str, playback: str) -> Path:
+        from tests.test_natlab_calls import LOGIN, PASSWORD, PORT, SN1, _spawn, _wait_for
+
+        (self.tmp / f"{site}.password").write_text(PASSWORD)
+        control = self.tmp / f"{site}.sock"
+        sections: dict[str, dict[str, object]] = {
+            "account": {"user_id": USERS[site], "device_id": site,
+                        "password_file": str(self.tmp / f"{site}.password")},
+            "login": {"address": f"{LOGIN[0]}:{LOGIN[1]}",
+                      "server_key": keys.noise.dh_public.hex(),
+                      "issuer_key": keys.issuer.public.hex()},
+            "supernodes": {"bootstrap": [f"{SN1}:{PORT}"]},
+            "state": {"dir": str(self.tmp / f"{site}-state"), "control_socket": str(control)},
+            "policy": {"auto_answer": [USERS[CALLER]]},
+            "audio": {"capture": capture, "playback": playback},
+        }  # fmt: skip
+        path = self.tmp / f"{site}.toml"
+        path.write_text("".join(_toml(name, values) for name, values in sections.items()))
+        host = self.net.sites[site].host
+        with _spawn(self.net, host, self.tmp, site, "agent", "--config", str(path)) as listener:
+            try:
+                _wait_for(listener, b"STATUS=online")
+            except (AssertionError, TimeoutError) as exc:
+                tail = _log_tail(self.net, host)
+                raise LabVoiceError(
+                    f"{site}: the agent never came online ({exc!r}): {tail}"
+                ) from None
+        return control
+
+    def call(self, condition: Condition, seed: int) -> LabCall:
+        """One call across ``condition`` (on a forwarder seeded ``seed``): the caller
+        plays the speech once through, hangs up, and the recording is scored."""
+        impairment = Impairment(condition.delay, condition.jitter, condition.loss)
+        self.net.impair(CALLER, impairment, seed)
+        call_id, redials = self._dial()
+        deadline = time.monotonic() + CALL_DEADLINE + self.frames * FRAME
+        # The whole file sent: its last second of silence covers the way and the
+        # callee's jitter buffer.
+        mine = self._until(CALLER, call_id, deadline, lambda c: c["frames_sent"] >= self.frames)
+        theirs = self._until(CALLEE, call_id, deadline, lambda c: True)
+        _ctl(self.controls[CALLER], "hangup")
+        self._until(CALLEE, call_id, deadline, lambda c: c["state"] == "ended")
+        reference = self.spoken + bytes(TAIL_FRAMES * FRAME_BYTES)
+        heard = read_wav(self.heard)[1]
+        return LabCall(pesq_wb(reference, aligned(reference, heard)), mine, theirs, redials)
+
+    def _dial(self) -> tuple[str, int]:
+        """Place the call, again when it fails (as a user would redial): a lost lookup
+        or handshake datagram on the lossy uplink fails the attempt. The call's id,
+        and the number of failed attempts."""
+        failures: list[object] = []
+        while len(failures) < DIALS:
+            placed = _ctl(self.controls[CALLER], "call", user=USERS[CALLEE])
+            if placed.get("ok"):
+                return str(placed["result"]["call"]), len(failures)
+            failures.append(placed.get("error"))
+        raise LabVoiceError(f"the call was not placed in {DIALS} attempts: {failures}")
+
+    def _until(
+        self, site: str, call_id: str, deadline: float, done: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """The call's status at ``site`` once ``done`` says so, polled by deadline."""
+        while True:
+            answer = _ctl(self.controls[site], "status")
+            calls = (answer.get("result") or {}).get("calls") or []
+            call = next((c for c in calls if c.get("id") == call_id), None)
+            if call is not None and done(call):
+                return dict(call)
+            if time.monotonic() > deadline:
+                raise LabVoiceError(f"{site}: the call stood at {call} at its deadline")
+            time.sleep(POLL)
+
+
+def _toml(name: str, values: dict[str, object]) -> str:
+    # JSON's strings and arrays of strings are TOML's too.
+    return f"[{name}]\n" + "".join(f"{key} = {json.dumps(v)}\n" for key, v in values.items())
+
+
+def _ctl(control: Path, command: str, **args: str) -> dict[str, Any]:
+    from tests.test_natlab_calls import ctl
+
+    return ctl(control, command, **args)
+
+
+@contextmanager
+def voice_path(spoken: bytes, prefix: str = "edgevoice") -> Iterator[VoicePath]:
+    """A lab of two public sites, the caller's uplink impaired, with the login server,
+    supernodes and two agents running, the caller set to say ``spoken`` after
+    :data:`LEAD` frames of silence in each call; all torn down afterwards. Needs
+    root (:func:`tests.natlab.unavailable` says why not)."""
+    sites = [
+        SiteSpec(CALLER, "public", Impairment(delay=CONDITIONS[0].delay)),
+        SiteSpec(CALLEE, "public"),
+    ]
+    remove_stale(prefix)
+    net = VoiceLab(prefix)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as folder:
+            net.build(sites)
+            path = VoicePath(net, Path(folder), spoken)
+            path.start()
+            yield path
+    finally:
+        net.close()
+
+
+def lab_rows(spoken: bytes, calls: int = LAB_CALLS) -> list[Row | Skipped]:
+    """Each condition through the lab: ``calls`` calls each, one for the clean network
+    (:func:`seeds`), each on a forwarder seeded anew."""
+    reason = unavailable()
+    if reason is not None:
+        return [Skipped("PESQ-WB through the NAT lab", reason)]
+    rows: list[Row | Skipped] = []
+    try:
+        with voice_path(spoken) as path:
+            for condition in CONDITIONS:
+                runs = seeds(condition)[:calls]
+                rows.append(_lab_row(condition, [path.call(condition, seed) for seed in runs]))
+    except ImportError as exc:
+        rows.append(Skipped("PESQ-WB through the NAT lab", f"needs the pesq package ({exc})"))
+    except (EdgeError, OSError, RuntimeError, ValueError, AssertionError) as exc:
+        # RuntimeError: the lab's own errors and PESQ's; ValueError: PESQ's for a
+        # silent recording.
+        rows.append(Skipped("PESQ-WB through the NAT lab", f"a lab call failed: {exc!r}"))
+    return rows
+
+
+def _lab_row(condition: Condition, calls: list[LabCall]) -> Row:
+    scores = [c.score for c in calls]
+    score = statistics.mean(scores)
+    callee = [c.callee for c in calls]
+    audio = [c.get("audio") or {} for c in callee]
+    note = (
+        f"{'/'.join(sorted({str(c.get('path')) for c in callee}))}, "
+        f"loss seen {statistics.mean(c.get('loss', 0.0) for c in callee):.1%}, "
+        f"repaired {statistics.mean(a.get('repaired', 0) for a in audio):.0f}, "
+        f"concealed {statistics.mean(a.get('concealed', 0) for a in audio):.1f}, "
+        f"MOS est. {statistics.mean(a.get('mos', 0.0) for a in audio):.2f}"
+    )
+    redials = sum(c.redials for c in calls)
+    if redials:
+        note += f", {redials} redial(s)"
+    if len(scores) > 1:
+        note = f"mean of {len(scores)} calls, lowest {min(scores):.2f}; {note}"
+    name = f"PESQ-WB, {condition.name}, NAT lab"
+    return Row(name, score, "MOS", f">= {condition.target}", score >= condition.target, note)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.voice", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--lab-calls",
+        type=int,
+        default=LAB_CALLS,
+        help="calls per condition through the NAT lab (0: none)",
+    )
+    parser.add_argument("--lab-only", action="store_true", help="leave out the model's figures")
+    options = parser.parse_args(argv)
+    for row in run(options.lab_calls, model=not options.lab_only):
+        print(row.line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

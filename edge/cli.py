@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from edge import ctl, demo, keytool
     from edge.client import cli as agent_cli
+    from edge.device import update
     from edge.login import cli as login_cli
+    from edge.provision import serialport
     from edge.supernode import cli as supernode_cli
 
     demo.add_parser(commands)
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     supernode_cli.add_parser(commands)
     agent_cli.add_parser(commands)
     ctl.add_parser(commands)
+    update.add_parser(commands)
+    serialport.add_parser(commands)
     return parser
 
 

@@ -41,6 +41,8 @@ COMMANDS: Final[dict[str, tuple[str, ...]]] = {
     "buddy": ("op", "user"),
     "send-file": ("user", "path"),
     "files": (),
+    "door": ("op",),
+    "button": ("part", "action"),
 }
 """Each command the daemons serve, with the names of its positional arguments."""
 

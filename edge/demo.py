@@ -5,13 +5,18 @@ Alice's desk phone and the front-door intercom enrol with their account
 passwords, each attaches to a supernode of its own and publishes its
 presence there; the intercom looks Alice up, sends her "Someone is at the
 front door" end to end, and the message shows in the phone's inbox. Then
-the intercom calls the phone, which answers at once (its ``[policy]
-auto_answer`` names the intercom's account): the call finds its own direct
-path, each side plays a tune of its own into it from a WAV file (the
+the intercom calls the phone, which answers (``edge ctl answer``): the call
+finds its own direct path, each side plays a tune of its own into it from a WAV file (the
 intercom a ding-dong, the phone three higher notes), records what it hears,
 and after three seconds of audio the intercom hangs up. Last, each recording
 is checked: its dominant tones must be the other side's tune, and none of its
-own. Then everything stops the way a service manager stops it.
+own. Last the boards (their profiles from hw/, on gpiozero's mock pins, which
+``edge ctl button PART press|release`` works as a finger would): the
+intercom's call button rings the phone, whose ringing LED blinks; lifting the
+handset answers; ``edge ctl door open`` on the phone energises the intercom's
+door strike for a second; putting the handset down ends the call; the LEDs
+and the relay are told at each step. Then everything stops the way a service
+manager stops it.
 
 How it works: the parent process makes a temporary state folder (``--keep``
 keeps it), runs the login server in-process with its SQLite database there and
@@ -111,6 +116,10 @@ INTERCOM = Device("intercom", "front-door", "intercom", ((659.25, 0.4), (523.25,
 """A ding-dong: E5, then C5."""
 CALL_SECONDS = 3.0
 """Audio each way before the intercom hangs up."""
+DOOR_OPEN_MS = 1000
+"""How long the demo's intercom energises its door strike."""
+HW = Path(__file__).resolve().parent.parent / "hw"
+"""The board profiles of the source tree."""
 POLL = 0.05
 """Seconds between looks at a call's status while waiting for it to change."""
 
@@ -159,6 +168,7 @@ async def _demo(args: argparse.Namespace) -> int:
             timeline.say("demo", f"kept the state folder {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
+    timeline.say("demo", "boards: the intercom's button rang the phone, which opened the door")
     timeline.say("demo", "done: both devices online, the intercom found the phone, its message")
     timeline.say("demo", "was delivered end to end, and their call carried each side's tones")
     timeline.say("demo", "to the other's recording; everything stopped cleanly")
@@ -234,6 +244,7 @@ class Demo:
         await self.search_and_send(message)
         await self.call()
         self.check_recordings()
+        await self.door_story()
         await self.show_supernodes()
         self.say("demo", "SIGTERM to the agents, then to the supernodes")
         await self.stop(list(agents.values()))
@@ -344,7 +355,7 @@ class Demo:
                 "capture": f"file:{device.name}-plays.wav",
                 "playback": f"file:{device.name}-heard.wav",
             },
-            policy={"auto_answer": [INTERCOM.user_id] if device is PHONE else []},
+            board={"profile": self.write_board(device)},
         )
         return await self.spawn(device.name, "agent")
 
@@ -378,6 +389,10 @@ class Demo:
             raise DemoFailed(f"the intercom's message reached none of {sent['devices']} device(s)")
         delivered = ", ".join(sent["delivered_to"])
         self.say(INTERCOM.name, f"delivered to {delivered}: encrypted end to end, receipt back")
+        waiting = await self.until_board(
+            PHONE.name, lambda b: b["leds"]["message"] == "message-waiting", "showing the message"
+        )
+        self.say(PHONE.name, _board_line(waiting))
         inbox = (await self.ctl(PHONE.name, "messages"))["messages"]
         for got in inbox:
             self.say(PHONE.name, f"inbox: from {got['from']}: {got['text']!r}")
@@ -398,11 +413,12 @@ class Demo:
         """The intercom calls the phone, which answers by itself; ~3 s of audio each way,
         then the intercom hangs up."""
         placed = await self.ctl(INTERCOM.name, "call", PHONE.user_id)
-        self.say(
-            INTERCOM.name,
-            f"calling {placed['device']}; the phone answers {INTERCOM.user_id} at once"
-            " ([policy] auto_answer)",
+        self.say(INTERCOM.name, f"calling {placed['device']}")
+        await self.until_calls(
+            lambda name, call: name == INTERCOM.name or call["state"] == "ringing", "ringing"
         )
+        self.say(PHONE.name, f"ringing: a call from {INTERCOM.user_id}")
+        await self.ctl(PHONE.name, "answer")
         await self.follow_call("active")
         frames = round(CALL_SECONDS * RATE / FRAME_SAMPLES)
         self.say("demo", f"letting the call carry {CALL_SECONDS:.0f} s of audio each way")
@@ -462,6 +478,75 @@ class Demo:
             for name, status in zip(names, statuses, strict=True)
             if status["calls"]
         }
+
+    # -- the boards: buttons, LEDs and the door strike on gpiozero mock pins
+
+    def write_board(self, device: Device) -> str:
+        """The device's board profile, from hw/, with the people filled in: the intercom
+        rings the phone's user; the phone's first speed dial is the intercom."""
+        name = "intercom-pizero2w" if device is INTERCOM else "desk-phone-pi4"
+        source = HW / f"{name}.toml"
+        if not source.is_file():
+            raise DemoFailed(f"no board profile {source}: run the demo from the source tree")
+        text = source.read_text()
+        if device is INTERCOM:
+            text = text.replace("targets = []", f'targets = ["{PHONE.user_id}"]', 1)
+            text = text.replace("door_open_ms = 3000", f"door_open_ms = {DOOR_OPEN_MS}")
+        else:
+            text = text.replace('speed_dial = ["", ', f'speed_dial = ["{INTERCOM.user_id}", ')
+        write_atomic(self.folder / f"{device.name}-board.toml", text.encode(), 0o644)
+        return f"{device.name}-board.toml"
+
+    async def door_story(self) -> None:
+        """The intercom's button rings the phone; the phone goes off hook, opens the
+        door, goes on hook; the LEDs and the relay told at each step."""
+        self.say("demo", "the boards run on gpiozero mock pins (GPIOZERO_PIN_FACTORY=mock)")
+        await self.show_board(INTERCOM.name)
+        await self.ctl(INTERCOM.name, "button", "call", "press")
+        await self.until_board(PHONE.name, lambda b: b["leds"]["ring"] == "ringing", "ringing")
+        await self.show_board(PHONE.name)
+        await self.ctl(INTERCOM.name, "button", "call", "release")
+        self.say(PHONE.name, "lifting the handset: the hook switch closes")
+        await self.ctl(PHONE.name, "button", "hook", "press")
+        await self.follow_call("active")
+        await self.until_board(INTERCOM.name, lambda b: b["leds"]["status"] == "in-call", "lit")
+        for name in (PHONE.name, INTERCOM.name):
+            await self.show_board(name)
+        await self.ctl(PHONE.name, "door", "open")
+        opened = await self.until_board(
+            INTERCOM.name, lambda b: b["relays"]["door"] == "on", "its door strike energised"
+        )
+        self.say(INTERCOM.name, f"door strike on: {_board_line(opened)}")
+        closed = await self.until_board(
+            INTERCOM.name, lambda b: b["relays"]["door"] == "off", "its door strike released"
+        )
+        self.say(INTERCOM.name, f"door strike off again after {DOOR_OPEN_MS} ms")
+        self.say(PHONE.name, "putting the handset down: the hook switch opens")
+        await self.ctl(PHONE.name, "button", "hook", "release")
+        await self.follow_call("ended")
+        for name in (PHONE.name, INTERCOM.name):
+            await self.show_board(name)
+        if closed["counters"].get("door opened") != 1:
+            raise DemoFailed(f"the intercom counted {closed['counters']} of the door")
+
+    async def show_board(self, name: str) -> None:
+        self.say(name, _board_line((await self.status(name))["board"]))
+
+    async def until_board(
+        self, name: str, done: Callable[[JsonObject], bool], what: str
+    ) -> JsonObject:
+        """Poll ``name``'s board status until ``done(board)`` holds."""
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                while True:
+                    board: JsonObject = (await self.status(name))["board"]
+                    if done(board):
+                        return board
+                    await asyncio.sleep(POLL)
+        except TimeoutError:
+            raise DemoFailed(
+                f"the {name}'s board was not {what} after {STEP_TIMEOUT:.0f} s"
+            ) from None
 
     def check_recordings(self) -> None:
         """Each side's recording holds the other side's tones, and none of its own."""
@@ -592,7 +677,7 @@ class Daemon:
                 sys.executable, "-m", "edge", *argv, cwd=folder,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, limit=1 << 20,
-                env={**os.environ, "NOTIFY_SOCKET": str(path)},
+                env={**os.environ, "NOTIFY_SOCKET": str(path), **MOCK_PINS},
             )  # fmt: skip
         except BaseException:
             listener.close()
@@ -678,6 +763,17 @@ def _tones(frequencies: Iterable[float]) -> str:
 
 def _notes(device: Device) -> list[float]:
     return [hz for hz, _ in device.tune if hz]
+
+
+MOCK_PINS = {"GPIOZERO_PIN_FACTORY": "mock", "GPIOZERO_MOCK_PIN_CLASS": "mockpwmpin"}
+"""What has the daemons' boards run on gpiozero's mock pins (dimming LEDs included)."""
+
+
+def _board_line(board: JsonObject) -> str:
+    """A board's LEDs and relays, as one line of the timeline."""
+    leds = ", ".join(f"{name} {state}" for name, state in board["leds"].items())
+    relays = "".join(f"; relay {name} {state}" for name, state in board["relays"].items())
+    return f"LEDs: {leds}{relays}"
 
 
 def _show(address: Address) -> str:

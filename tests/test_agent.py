@@ -312,6 +312,12 @@ def test_a_call_between_agents_finds_its_own_path_carries_media_and_hangs_up(
             await asyncio.wait_for(_until_ended(alice), TIMEOUT)
             ended = (await request(alice_config.control_socket, "status"))["result"]["calls"]
             assert ended[0]["state"] == "ended" and ended[0]["reason"] == "hang-up"
+            # Once the manager forgets the ended call, so does the driver: nothing of a
+            # call stays for good, however many a device makes.
+            alice.calls.manager.linger = 0.0
+            alice.calls.manager.handle_timer(asyncio.get_running_loop().time())
+            alice.calls.pump()
+            assert alice.calls.status() == [] and alice.calls.paths == {}
 
     run_uv(main())
 

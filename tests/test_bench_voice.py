@@ -4,6 +4,7 @@ resampling of espeak-ng's output, one call through the model, and its figures.""
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,24 @@ def test_two_agents_carry_the_benchmark_audio(tmp_path: Path) -> None:
     heard = voice.agents_call(said, tmp_path)
     assert len(heard) >= len(said)
     assert tones.heard(voice.aligned(said, heard), [500.0, 600.0, 700.0]) == [600.0]
+
+
+def test_the_lab_agents_configuration_reads_back_as_toml() -> None:
+    text = voice._toml("audio", {"capture": 'file:/a "b"/c.wav', "users": ["ann", "ben"]})
+    assert tomllib.loads(text) == {
+        "audio": {"capture": 'file:/a "b"/c.wav', "users": ["ann", "ben"]}
+    }
+
+
+def test_a_lab_row_is_the_mean_of_its_calls_beside_the_target() -> None:
+    def lab_call(score: float, lost: int, redials: int = 0) -> voice.LabCall:
+        audio = {"repaired": lost - 2, "concealed": 2, "mos": 3.9}
+        callee = {"path": "direct-udp", "loss": lost / 900, "audio": audio}
+        return voice.LabCall(score, {}, callee, redials)
+
+    condition = voice.CONDITIONS[1]
+    row = voice._lab_row(condition, [lab_call(4.1, 45), lab_call(3.7, 50, redials=1)])
+    assert row.ok and row.value == pytest.approx(3.9)
+    assert "mean of 2 calls, lowest 3.70; direct-udp, loss seen 5.3%" in row.note
+    assert row.note.endswith("concealed 2.0, MOS est. 3.90, 1 redial(s)")
+    assert not voice._lab_row(condition, [lab_call(3.7, 45)]).ok

@@ -17,6 +17,7 @@ from edge.wire.messages import (
     CallEndReason,
     CandidateKind,
     Codec,
+    DeviceAction,
     HeaderFlag,
     MailKind,
     PathKind,
@@ -577,6 +578,11 @@ GOLDEN: dict[MsgType, tuple[dict[str, Any], int, str]] = {
             "04 c6120007 9c40",  # from_address 198.18.0.7:40000
             "0001 01",  # payload, u16 prefix
         ),
+    ),
+    MsgType.DEVICE_COMMAND: (
+        {"call_id": CALL_ID, "action": DeviceAction.OPEN_DOOR},
+        0,
+        h("ed9e 01 48 0000 0011", CALL_ID_HEX, "01"),  # 16 + 1 = 17; action OPEN_DOOR
     ),
     MsgType.ATTACH: (
         {"request_id": 3, "redirects": 1},

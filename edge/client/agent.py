@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge.client import buddies, hostcache, mailbox
-from edge.client.call import Call, CallManager
+from edge.client.call import Call, CallConfig, CallManager
 from edge.client.calls import CallDriver
 from edge.client.config import AgentConfig
 from edge.client.direct import DirectTcp
@@ -95,8 +95,10 @@ from edge.client.uplink import Ladder, Link, attach, connect
 from edge.crypto.cert import TrustStore, read_certificate
 from edge.crypto.keys import DeviceKeys
 from edge.crypto.revocation import RevocationCache, verify_revocations
+from edge.device import profile as board_profile
+from edge.device.board import Board, send_door_command
 from edge.errors import EdgeError
-from edge.media.pipeline import CallAudio
+from edge.media.pipeline import CallAudio, wait_devices_released
 from edge.overlay.presence import REFRESH_EVERY, PresenceCandidate, make_presence, next_sequence
 from edge.runtime.adapters import DatagramAdapter, StreamAdapter, open_stream_client
 from edge.runtime.config import write_atomic
@@ -111,6 +113,7 @@ from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import (
     BuddyOp,
     CandidateKind,
+    Codec,
     Message,
     Transport,
     build_signed_revocation_list,
@@ -134,6 +137,7 @@ BUDDY_OPS = {
 }
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 60.0
+SOUND_RELEASE_TIMEOUT = 2.0
 PROBE_TIMEOUT = 1.5
 """How long the supernode may take to answer a HOSTCACHE_REQUEST asked to see if it is alive."""
 SILENT_AFTER_TIMEOUTS = 2
@@ -165,9 +169,17 @@ class Presence:
 class Agent:
     """One device on the network; see the module docstring."""
 
-    def __init__(self, config: AgentConfig, *, password: str | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, password: str | None = None, pin_factory: Any = None
+    ) -> None:
         self.config = config
         self._password = password
+        self._board_profile = self._read_board(config)
+        self._pin_factory = pin_factory
+        """The board's gpiozero pin factory; None: gpiozero's choice (GPIOZERO_PIN_FACTORY)."""
+        self.board: Board | None = None
+        self._device_refused = 0
+        """DEVICE_COMMANDs refused for want of a board."""
         self.trust = TrustStore([config.issuer_key])
         self.revocations = RevocationCache(self.trust)
         self.keys = DeviceKeys.load_or_generate(config.state_dir / KEY_FILE)
@@ -242,6 +254,8 @@ class Agent:
                 "send-file": self.send_file,
                 "files": self.files,
                 "buddy": self.change_buddy,
+                "door": self.door,
+                "button": self.button,
             },
         )
 
@@ -256,6 +270,7 @@ class Agent:
         self.timings["login_ms"] = _ms_since(began)
         if self.port is None:  # a login through a supernode opened it already
             await self._open_port()
+        await self._start_board()
         await self.control.start()
         self._netwatch = watch_network(self._network_settled)
         self._task = asyncio.create_task(self._stay_online())
@@ -264,11 +279,16 @@ class Agent:
             self._promoting = asyncio.create_task(self.promotion.run())
 
     async def stop(self) -> None:
+        await self._stop_board()
         if self._netwatch is not None:
             self._netwatch.close()
         await self._say_goodbye()
         if self.chat is not None:
             await self.chat.close()  # the history, saved
+        if self.calls is not None:
+            self.calls.close_audio()  # recordings finished
+            # Sound devices released before the process goes (a restart opens them again).
+            await asyncio.to_thread(wait_devices_released, SOUND_RELEASE_TIMEOUT)
         if self._keeping is not None:
             self._keeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -426,7 +446,8 @@ class Agent:
         self.peers = Peers(self._core, adapter, self.trust)
         self.peers.on_message = self._peer_message
         self._core.forward = self._forward_signal
-        manager = CallManager(self.config.user_id, auto_answer=self.config.auto_answer)
+        manager = CallManager(self.config.user_id, auto_answer=self.config.auto_answer,
+                              config=CallConfig(codecs=self.config.codecs))  # fmt: skip
         self.calls = CallDriver(
             manager, self.peers, self._core, adapter.poke, audio=_call_audio(self.config)
         )
@@ -779,6 +800,9 @@ class Agent:
             self.calls.on_signal(index, message) or self.transfers.on_message(index, message)
         ):
             return
+        if message.type is MsgType.DEVICE_COMMAND:
+            self._device_command(peer, index, message)
+            return
         if self.chat is not None:
             self.chat.on_message(peer, message)  # INSTANT_MESSAGE, MESSAGE_RECEIPT
 
@@ -961,6 +985,49 @@ class Agent:
         call_id = self.calls.act(None, lambda call: do(call, now))
         return {"call": call_id.hex()}
 
+    # -- the board: a profile's buttons, LEDs and relays, and DEVICE_COMMANDs
+
+    @staticmethod
+    def _read_board(config: AgentConfig) -> board_profile.Profile | None:
+        """The board profile ``[board] profile`` names, checked whole before anything
+        starts (a mistake in it is a configuration error like any other)."""
+        path = config.board_profile
+        return board_profile.read(path) if path is not None else None
+
+    async def _start_board(self) -> None:
+        if self._board_profile is None:
+            return
+        self.board = Board(self._board_profile, self, pin_factory=self._pin_factory)
+        await self.board.start()
+
+    async def _stop_board(self) -> None:
+        if self.board is not None:
+            await self.board.stop()
+
+    def _device_command(self, peer: tuple[str, str], index: int | None, message: Message) -> None:
+        if self.board is None:
+            self._device_refused += 1
+            _log.warning("device command from %s/%s refused: this device has no board", *peer)
+            return
+        self.board.command(peer, index, message)
+
+    def _board_refusals(self) -> JsonObject | None:
+        refused = self._device_refused
+        return {"profile": None, "commands_refused": refused} if refused else None
+
+    def door(self, args: Mapping[str, Any]) -> JsonObject:
+        """``door open``: ask the peer of the active call to open its door (an intercom
+        does, for the peer of its active call alone)."""
+        if str(args.get("op", "")) != "open":
+            raise PeerUnreachable("door takes one word: open")
+        return send_door_command(self.calls, self.peers)
+
+    def button(self, args: Mapping[str, Any]) -> JsonObject:
+        """``button PART press|release``: work a button of the board on mock pins."""
+        if self.board is None:
+            raise PeerUnreachable("this device has no board profile")
+        return self.board.press(str(args.get("part", "")), str(args.get("action", "")))
+
     # -- ctl
 
     def status(self, args: Any) -> JsonObject:
@@ -995,6 +1062,7 @@ class Agent:
             "peers": self.peers.count if self.peers else 0,
             "relay": None if self.relayed is None else _show(self.relayed),
             "calls": self.calls.status() if self.calls else [],
+            "board": self.board.status() if self.board else self._board_refusals(),
             "supernode_role": self.promotion.status() if self.promotion else None,
             "refused": [_refusal(r) for r in self.peers.refusals] if self.peers else [],
             "refused_count": self.peers.refused if self.peers else 0,
@@ -1147,6 +1215,8 @@ def _ms_since(began: float) -> float:
     return round((time.monotonic() - began) * 1000, 1)
 
 
-def _call_audio(config: AgentConfig) -> Callable[[], CallAudio]:
-    """How a call opens its audio: the ``[audio]`` capture and playback it names."""
-    return partial(CallAudio.open, config.capture, config.playback)
+def _call_audio(config: AgentConfig) -> Callable[[Codec], CallAudio]:
+    """How a call opens its audio in the codec it negotiated: the ``[audio]`` capture
+    and playback it names, with echo cancellation when ``echo_cancel`` is on (a
+    hands-free board's profile sets it)."""
+    return partial(CallAudio.open, config.capture, config.playback, echo_cancel=config.echo_cancel)

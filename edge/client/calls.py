@@ -17,8 +17,8 @@ of an owner:
   media and signalling leave the supernodes for the call's own path; the
   session, its keys and counters stay the same;
 * media: while a call is ACTIVE, every 20 ms (:data:`FRAME_INTERVAL`) a tick
-  sends the next frame of the call's source, Opus-encoded by its
-  :class:`~edge.media.pipeline.CallAudio` (opened when the call goes active,
+  sends the next frame of the call's source, encoded in the call's negotiated
+  codec by its :class:`~edge.media.pipeline.CallAudio` (opened when the call goes active,
   closed at the first tick after it ends), and pulls one frame from that
   pipeline's jitter buffer into its sink; frames that arrive go into the
   jitter buffer. Frames and keepalives that arrive tell the call its path is
@@ -34,6 +34,7 @@ one (:meth:`~edge.client.call.Call.check_from`).
 
 import asyncio
 import logging
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Collection
@@ -58,7 +59,7 @@ from edge.client.peers import Peers
 from edge.client.port import PortCore, relay_address, via_peer
 from edge.errors import RemoteError
 from edge.media.errors import MediaError
-from edge.media.pipeline import CallAudio
+from edge.media.pipeline import CallAudio, silent_payload
 from edge.media.stats import ReceptionStats
 from edge.sansio import Address
 from edge.session.events import MediaReceived
@@ -70,9 +71,9 @@ from edge.wire.messages import CandidateKind, Codec, Message, PathKind, Transpor
 _log = logging.getLogger(__name__)
 
 FRAME_INTERVAL = 0.020
-SILENCE = b"\xf8\xff\xfe"
-"""An Opus frame of silence (SILK 20 ms, DTX): what goes out when a call's audio
-could not be opened (libopus missing, say)."""
+MAX_TICK_LAG = 0.2
+"""A tick this late (the loop stalled) restarts the grid rather than catching up in a
+burst of frames."""
 MAX_TRANSACTIONS = 1024
 CALL_TYPES = frozenset(
     {
@@ -138,7 +139,7 @@ class CallDriver:
         core: PortCore,
         poke: Callable[[], None],
         *,
-        audio: Callable[[], CallAudio] = CallAudio.silent,
+        audio: Callable[[Codec], CallAudio] = CallAudio.silent,
     ) -> None:
         self.manager = manager
         self.peers = peers
@@ -155,11 +156,13 @@ class CallDriver:
         self._media: dict[bytes, _Media] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        self._tick_due = -math.inf
         self.history: list[CallStateChanged] = []
         self.paths: dict[bytes, PathChanged] = {}
         self._changes = asyncio.Event()
         self._open_audio = audio
-        """Opens a new call's audio: its source and sink, as the configuration names them."""
+        """Opens a new call's audio in the call's codec: its source and sink, as the
+        configuration names them."""
         self._audio: dict[bytes, CallAudio | None] = {}
         """Each active call's pipeline; None once opening it failed (the call sends silence)."""
 
@@ -299,8 +302,18 @@ class CallDriver:
             self._do(call_id, action)
         while (event := self.manager.next_event()) is not None:
             self._note(event)
+        self._forget()
         self._arm()
         self._poke()
+
+    def _forget(self) -> None:
+        """Drop what we kept of the calls the manager has forgotten (ended a while
+        ago): the tables stay as small as the manager's, and each frame's lookup cheap."""
+        known = self.manager.calls
+        if len(self._session_of) > len(known) or len(self._media) > len(known):
+            for table in (self._session_of, self._media, self.paths):
+                for call_id in [c for c in table if c not in known]:
+                    del table[call_id]
 
     def _do(self, call_id: bytes, action: SendSignal | SendCheck | UsePath) -> None:
         session = self._session_of.get(call_id)
@@ -374,8 +387,19 @@ class CallDriver:
     # -- media
 
     def _start_media(self) -> None:
-        if self._ticker is None:
-            self._ticker = asyncio.get_running_loop().call_later(FRAME_INTERVAL, self._tick)
+        """Tick every :data:`FRAME_INTERVAL` on a fixed grid: each tick is due one
+        interval after the one before was *due*, not after it ran, so the rate of
+        frames is the sound card's (re-arming after each tick's work would run a few
+        per cent slow, and the card's ring would drop and pad frames to make up)."""
+        if self._ticker is not None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = self._tick_due + FRAME_INTERVAL
+        if not now - MAX_TICK_LAG <= due:
+            due = now + FRAME_INTERVAL  # the first tick, or one long stalled: start afresh
+        self._tick_due = due
+        self._ticker = loop.call_at(due, self._tick)
 
     def _tick(self) -> None:
         self._ticker = None
@@ -388,9 +412,10 @@ class CallDriver:
                 continue
             media = self._media.setdefault(call.call_id, _Media())
             media.sequence = (media.sequence + 1) & 0xFFFF
+            audio = self._audio.get(call.call_id)
             self.peers.core.endpoint.send_media(
-                session, stream_id=0, codec=Codec.OPUS, sequence=media.sequence,
-                flags=CallAudio.FLAGS if self._audio.get(call.call_id) else 0,
+                session, stream_id=0, codec=self._codec(call.call_id), sequence=media.sequence,
+                flags=audio.flags if audio else 0,
                 timestamp=(media.sequence * 320) & 0xFFFFFFFF, payload=self._payload(call.call_id),
             )  # fmt: skip
             media.sent += 1
@@ -402,7 +427,7 @@ class CallDriver:
     def _pipeline(self, call_id: bytes) -> CallAudio | None:
         if call_id not in self._audio:
             try:
-                self._audio[call_id] = self._open_audio()
+                self._audio[call_id] = self._open_audio(self._codec(call_id))
             except MediaError as exc:
                 _log.warning("call %s: no audio, sending silence: %s", call_id.hex(), exc)
                 self._audio[call_id] = None
@@ -410,7 +435,12 @@ class CallDriver:
 
     def _payload(self, call_id: bytes) -> bytes:
         audio = self._pipeline(call_id)
-        return SILENCE if audio is None else audio.payload()
+        return silent_payload(self._codec(call_id)) if audio is None else audio.payload()
+
+    def _codec(self, call_id: bytes) -> Codec:
+        """What the call negotiated (every active call has)."""
+        call = self.manager.calls.get(call_id)
+        return call.codec if call is not None and call.codec is not None else Codec.OPUS
 
     def _hear(self, call: Call, event: MediaReceived) -> None:
         """A frame of an active call to its jitter buffer; one of a call still

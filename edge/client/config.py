@@ -34,6 +34,9 @@ capture = "default"            # an ALSA PCM, "file:PATH.wav" (16-bit mono, to p
 playback = "default"           # an ALSA PCM, "file:PATH.wav" (what is heard), or "none"
 rate = 16000
 echo_cancel = false
+codecs = ["opus", "pcmu", "pcma"]   # what calls may use (pcmu/pcma: G.711); a call placed
+                               # offers them in this order, an answered one takes the
+                               # caller's first that is listed here
 
 [board]
 profile = ""                   # a board profile from hw/, or empty for none
@@ -53,10 +56,13 @@ from edge.media.pipeline import FILE_PREFIX, NONE, is_device
 from edge.media.wav import WavError, inspect
 from edge.runtime.config import ConfigDoc, load
 from edge.sansio import Address
+from edge.wire.messages import Codec
 
 SECTIONS = {"account", "login", "supernodes", "turn", "state", "audio", "board", "policy"}
 PROMOTION = ("never", "auto", "always")
 AUDIO_RATES = (8000, 16000, 32000, 44100, 48000)
+CODECS = {"opus": Codec.OPUS, "pcmu": Codec.PCMU, "pcma": Codec.PCMA}
+"""The ``[audio] codecs`` names: Opus, and G.711 μ-law and A-law."""
 MAX_BOOTSTRAP = 200
 MAX_TURN = 8
 MAX_AUTO_ANSWER = 64
@@ -87,6 +93,8 @@ class AgentConfig:
     playback: str = "default"
     rate: int = 16000
     echo_cancel: bool = False
+    codecs: tuple[Codec, ...] = (Codec.OPUS, Codec.PCMU, Codec.PCMA)
+    """What this device's calls may use, in the order its invitations offer them."""
     board_profile: Path | None = None
     auto_answer: frozenset[str] = field(default_factory=frozenset)
     supernode: str = "never"
@@ -104,7 +112,7 @@ def from_doc(doc: ConfigDoc) -> AgentConfig:
     account = _section(doc, "account", {"user_id", "device_id", "password_file"})
     login = _section(doc, "login", {"address", "server_key", "issuer_key"})
     state = _section(doc, "state", {"dir", "port", "control_socket"})
-    audio = _section(doc, "audio", {"capture", "playback", "rate", "echo_cancel"})
+    audio = _section(doc, "audio", {"capture", "playback", "rate", "echo_cancel", "codecs"})
     policy = _section(
         doc,
         "policy",
@@ -126,6 +134,7 @@ def from_doc(doc: ConfigDoc) -> AgentConfig:
         playback=_audio_end(audio, "playback"),
         rate=_rate(audio),
         echo_cancel=audio.get_bool("echo_cancel", False),
+        codecs=_codecs(audio),
         board_profile=_section(doc, "board", {"profile"}).get_path("profile", None),
         auto_answer=frozenset(
             policy.get_list_of_str("auto_answer", [], max_items=MAX_AUTO_ANSWER, max_length=ID_MAX)
@@ -169,6 +178,20 @@ def _rate(audio: ConfigDoc) -> int:
     if rate not in AUDIO_RATES:
         raise audio.error("rate", f"expected one of {', '.join(map(str, AUDIO_RATES))}, got {rate}")
     return rate
+
+
+def _codecs(audio: ConfigDoc) -> tuple[Codec, ...]:
+    """The codecs named, in the order written: at least one, each known, none twice."""
+    names = audio.get_list_of_str("codecs", list(CODECS), max_items=len(CODECS), max_length=16)
+    if not names:
+        raise audio.error("codecs", "expected at least one codec, got none")
+    for name in names:
+        if name not in CODECS:
+            known = ", ".join(f'"{known}"' for known in CODECS)
+            raise audio.error("codecs", f"unknown codec {name!r}: expected {known}")
+    if len(set(names)) != len(names):
+        raise audio.error("codecs", f"a codec is named twice in {names}")
+    return tuple(CODECS[name] for name in names)
 
 
 def _audio_end(audio: ConfigDoc, key: str) -> str:

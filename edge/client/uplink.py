@@ -39,6 +39,15 @@ from edge.wire.codes import ErrorCode, MsgType
 from edge.wire.messages import Message
 
 ATTEMPT_TIMEOUT = 3.0
+RESEND_AFTER = 0.5
+"""Over UDP, a request that asks for nothing to change is sent again after this long
+without an answer, then after twice as long, and so on until its timeout: one lost
+datagram costs half a second, not the request (a call, a search)."""
+IDEMPOTENT = frozenset(
+    {MsgType.PRESENCE_LOOKUP, MsgType.PRESENCE_PUBLISH, MsgType.HOSTCACHE_REQUEST}
+)
+"""Requests the supernode may take twice with no harm (a publish carries the same
+signed record, with its sequence number)."""
 """Seconds one rung may take (a handshake over a 40 ms path takes under 0.2 s)."""
 TCP_PORTS = (80, 443)
 MAX_SUPERNODES_TRIED = 4
@@ -123,12 +132,26 @@ class Link:
         key = (answer, self._next_id)
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[key] = waiter
+        request = {**body, "request_id": self._next_id}
+        resend = self.transport == "udp" and msg_type in IDEMPOTENT
+        loop = asyncio.get_running_loop()
+        deadline, gap = loop.time() + timeout, RESEND_AFTER
         try:
-            self.send(msg_type, {**body, "request_id": self._next_id})
-            return await asyncio.wait_for(waiter, timeout)
+            while True:
+                self.send(msg_type, request)
+                wait = deadline - loop.time()
+                if resend:
+                    wait = min(wait, gap)
+                    gap *= 2
+                try:
+                    return await asyncio.wait_for(asyncio.shield(waiter), max(wait, 0.0))
+                except TimeoutError:
+                    if loop.time() >= deadline:
+                        raise
         except TimeoutError:
             raise UplinkFailed(f"no {answer.name} from {self.where}") from None
         finally:
+            waiter.cancel()
             self._pending.pop(key, None)
 
     async def handshake(self) -> None:

@@ -28,20 +28,37 @@ flagged payload whose copies will not parse is counted and its primary frame
 played. The loss reports in the peer's payloads steer how many copies ours
 carry and at what bitrate (:class:`~edge.media.redundancy.Adaptation`).
 
+A call that negotiated G.711 (PCMU or PCMA) runs the same way through
+:class:`~edge.media.g711.Narrowband` instead of Opus: 160 bytes a frame at 8 kHz,
+resampled from and to the call's 16 kHz, no copies of earlier frames (payloads
+go out unflagged: :attr:`CallAudio.flags`), and a lost frame concealed by
+repeat-and-fade. A payload that is not exactly one frame is counted
+(``oversized`` or ``truncated``) and dropped. MEDIA_FRAME timestamps count
+16 kHz samples whatever the codec, so the jitter buffer runs unchanged.
+
 A source or sink that fails in the middle of a call (a disk that fills, a
 file that vanished) is counted, logged once and replaced by silence: the
 call goes on.
+
+Hands-free, :meth:`CallAudio.open` with ``echo_cancel`` puts an
+:class:`~edge.media.echo.EchoControl` (SpeexDSP) between the source and the
+encoder: every frame written to the sink is kept as the far-end reference, and
+the next frame read from the source is cancelled against it before encoding.
+Without libspeexdsp the call goes on uncancelled, and says so in the log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 
+from edge.media.echo import EchoCanceller, EchoControl, EchoUnavailable
 from edge.media.errors import MediaError, OpusDecodeError
+from edge.media.g711 import FRAME_CODES, Law, Narrowband
 from edge.media.jitter import Conceal, JitterBuffer, Play, Playout
 from edge.media.opus import MAX_PACKET_BYTES, Application, Decoder, Encoder
 from edge.media.quality import estimate_mos
@@ -69,9 +86,11 @@ __all__ = [
     "Silence",
     "Sink",
     "Source",
+    "describe_end",
     "is_device",
     "open_sink",
     "open_source",
+    "silent_payload",
 ]
 
 _log = logging.getLogger(__name__)
@@ -97,6 +116,17 @@ NONE = "none"
 """The name of no audio at all: a device without microphone or loudspeaker (a
 messaging-only one, or a test), which sends and hears silence."""
 SILENT_FRAME = bytes(FRAME_BYTES)
+G711_BITRATE = 64000
+"""Bits per second of a G.711 stream: 8 bits a sample at 8 kHz."""
+LAWS = {Codec.PCMU: Law.MU, Codec.PCMA: Law.A}
+DROPPED = ("wrong_codec", "oversized", "truncated", "undecodable", "bad_redundancy")
+"""The pipeline's counts of frames it could not play as they came, shown in status
+beside the jitter buffer's (late, duplicate, overflow)."""
+SILENT_PAYLOADS = {
+    Codec.OPUS: b"\xf8\xff\xfe",  # a SILK 20 ms frame of silence (DTX)
+    Codec.PCMU: b"\xff" * FRAME_CODES,
+    Codec.PCMA: b"\xd5" * FRAME_CODES,
+}
 
 
 class Source(Protocol):
@@ -153,6 +183,14 @@ def open_source(spec: str) -> Source:
     return WavSource(Path(spec.removeprefix(FILE_PREFIX)))
 
 
+def wait_devices_released(timeout: float) -> bool:
+    """Block (never on the event loop) until the sound devices closed so far have
+    released their streams, at most ``timeout`` seconds; True at once when no sound
+    device was ever opened (PortAudio is then not even loaded)."""
+    sound = sys.modules.get("edge.media.sound")
+    return True if sound is None else bool(sound.wait_released(timeout))
+
+
 def open_sink(spec: str) -> Sink:
     """The sink ``spec`` names: ``file:PATH`` records a WAV file (replacing it); any
     other name is a sound device (:class:`~edge.media.sound.SoundSink`). Raises
@@ -170,7 +208,9 @@ class CallAudio:
     """One call's audio both ways; see the module docstring. :meth:`close` it at the end."""
 
     FLAGS: ClassVar[int] = FLAGS
-    """The MEDIA_FRAME flags to send :meth:`payload`'s payloads with."""
+    """The MEDIA_FRAME flags of an Opus call's payloads; :attr:`flags` are this call's."""
+    echo: EchoControl | None = None
+    """The source's echo canceller (:meth:`open` with ``echo_cancel``), with its stats."""
 
     def __init__(
         self,
@@ -179,14 +219,20 @@ class CallAudio:
         *,
         bitrate: int = BITRATE,
         jitter: JitterBuffer | None = None,
+        codec: Codec = Codec.OPUS,
     ) -> None:
+        self.codec = codec
+        """What the call negotiated: what :meth:`payload` encodes and :meth:`receive` takes."""
+        self.flags = FLAGS if codec is Codec.OPUS else 0
+        """The MEDIA_FRAME flags to send :meth:`payload`'s payloads with."""
+        self._narrow = Narrowband(LAWS[codec]) if codec in LAWS else None
         self.source = source
         self.sink = sink
         self.jitter = jitter or jitter_buffer(JitterBuffer)
         self.stats = dict.fromkeys(
             ("sent", "received", "played", "repaired", "concealed", "recovered", "silent",
-             "wrong_codec", "oversized", "undecodable", "bad_redundancy", "source_errors",
-             "sink_errors", "sent_bytes"),
+             "wrong_codec", "oversized", "truncated", "undecodable", "bad_redundancy",
+             "source_errors", "sink_errors", "sent_bytes"),
             0,
         )  # fmt: skip
         self.adaptation = Adaptation(bitrate=bitrate)
@@ -204,20 +250,29 @@ class CallAudio:
             raise
 
     @classmethod
-    def silent(cls) -> CallAudio:
+    def silent(cls, codec: Codec = Codec.OPUS) -> CallAudio:
         """Silence both ways: what a call carries when nothing else is configured."""
-        return cls(Silence(), Silence())
+        return cls(Silence(), Silence(), codec=codec)
 
     @classmethod
-    def open(cls, capture: str, playback: str) -> CallAudio:
-        """The pipeline for the source and sink these names give (:func:`open_source`,
-        :func:`open_sink`). An end that will not open (a file removed since the
-        configuration was checked) is logged and left silent: the call goes on."""
-        return cls(_opened(open_source, capture), _opened(open_sink, playback))
+    def open(
+        cls, capture: str, playback: str, codec: Codec = Codec.OPUS, *, echo_cancel: bool = False
+    ) -> CallAudio:
+        """The pipeline in ``codec`` for the source and sink these names give
+        (:func:`open_source`, :func:`open_sink`), cancelling the sink's echo in the
+        source when ``echo_cancel`` (a hands-free board). An end that will not open (a
+        file removed since the configuration was checked) is logged and left silent,
+        a missing echo canceller logged and left out: the call goes on."""
+        audio = cls(_opened(open_source, capture), _opened(open_sink, playback), codec=codec)
+        if echo_cancel:
+            audio.echo = _echo_control()
+        return audio
 
     def payload(self) -> bytes:
         """The next outgoing frame, encoded: the payload of this tick's MEDIA_FRAME."""
         frame = self._read()
+        if self._narrow is not None:
+            return self._counted(self._narrow.encode(frame))
         packet = self._encoder.encode(frame, FRAME_SAMPLES)
         payload = self._packer.pack(packet, self.adaptation.protection.copies, self.loss.loss)
         self.stats["sent"] += 1
@@ -236,8 +291,10 @@ class CallAudio:
         flags: int = 0,
     ) -> None:
         """A MEDIA_FRAME that arrived at ``now`` (seconds, the owner's clock)."""
-        if codec != Codec.OPUS:
+        if codec != self.codec:
             self.stats["wrong_codec"] += 1
+        elif self._narrow is not None:
+            self._receive_narrow(sequence, timestamp, payload, now)
         elif not payload or len(payload) > MAX_PACKET_BYTES:
             self.stats["oversized"] += 1
         elif flags & MediaFlag.REDUNDANCY:
@@ -251,23 +308,38 @@ class CallAudio:
         return self.adaptation.protection
 
     def quality(self, rtt_ms: float | None) -> dict[str, object]:
-        """What ``edge ctl status`` shows of the call's audio: codec, the Opus bitrate
-        and copies sent, frames repaired (from a copy or FEC) and concealed, the jitter
-        buffer's hold, and the E-model's MOS (:mod:`edge.media.quality`) from the loss
-        left after repair and the one-way delay the path's ``rtt_ms`` makes."""
+        """What ``edge ctl status`` shows of the call's audio: the negotiated codec, its
+        bitrate and the copies sent, frames repaired (from a copy or FEC) and concealed,
+        the jitter buffer's hold and what it holds now, frames dropped by why, the
+        E-model's MOS (:mod:`edge.media.quality`) from the loss left after repair and
+        the one-way delay the path's ``rtt_ms`` makes, the capture and playback ends
+        (:func:`describe_end`), and the echo canceller's counters when it runs."""
         stats = self.stats
         heard = sum(stats[k] for k in ("played", "repaired", "recovered", "concealed"))
         left = stats["concealed"] / heard if heard else 0.0
         hold_ms = self.jitter.target * 1000
         protection = self.adaptation.protection
+        narrow = self._narrow is not None
         return {
-            "codec": "opus",
-            "bitrate_kbps": round(protection.bitrate / 1000, 1),
-            "copies": protection.copies,
+            "codec": self.codec.name.lower(),
+            "bitrate_kbps": round((G711_BITRATE if narrow else protection.bitrate) / 1000, 1),
+            "copies": 0 if narrow else protection.copies,
             "repaired": stats["repaired"] + stats["recovered"],
             "concealed": stats["concealed"],
             "jitter_buffer_ms": round(hold_ms),
+            "buffered_ms": round(self.jitter.buffered * 1000),
+            "dropped": self._dropped(),
             "mos": estimate_mos(left, rtt_ms, hold_ms),
+            "capture": describe_end(self.source),
+            "playback": describe_end(self.sink),
+            "echo_cancel": None if self.echo is None else dict(self.echo.stats),
+        }
+
+    def _dropped(self) -> dict[str, int]:
+        held = self.jitter.stats
+        return {
+            **{why: self.stats[why] for why in DROPPED},
+            **{why: held[why] for why in ("late", "duplicate", "overflow")},
         }
 
     def play(self, now: float) -> None:
@@ -281,6 +353,22 @@ class CallAudio:
             except (OSError, MediaError) as exc:
                 _log.warning("call audio: closing %s failed: %s", type(end).__name__, exc)
         self._close_coders()
+        if self.echo is not None:
+            self.echo.close()
+
+    def _receive_narrow(self, sequence: int, timestamp: int, payload: bytes, now: float) -> None:
+        # One frame, exactly: G.711 carries no copies, so any other length is wrong.
+        if len(payload) == FRAME_CODES:
+            self._take(sequence, timestamp, payload, now)
+        elif payload and len(payload) < FRAME_CODES:
+            self.stats["truncated"] += 1
+        else:
+            self.stats["oversized"] += 1
+
+    def _counted(self, payload: bytes) -> bytes:
+        self.stats["sent"] += 1
+        self.stats["sent_bytes"] += len(payload)
+        return payload
 
     def _receive_protected(self, sequence: int, timestamp: int, payload: bytes, now: float) -> None:
         try:
@@ -325,6 +413,8 @@ class CallAudio:
         self._encoder.set_packet_loss_perc(protection.loss_percent)
 
     def _decode(self, playout: Playout) -> bytes:
+        if self._narrow is not None:
+            return self._decode_narrow(self._narrow, playout)
         if isinstance(playout, Play):
             try:
                 pcm = self._decoder.decode(playout.payload, FRAME_SAMPLES)
@@ -335,6 +425,18 @@ class CallAudio:
             return _fit(pcm)
         if isinstance(playout, Conceal):
             return self._conceal(playout.fec)
+        self.stats["silent"] += 1
+        return SILENT_FRAME
+
+    def _decode_narrow(self, narrow: Narrowband, playout: Playout) -> bytes:
+        # Every payload held is one whole frame (checked on receipt) and every code
+        # decodes, so nothing here can fail.
+        if isinstance(playout, Play):
+            self.stats["played"] += 1
+            return narrow.decode(playout.payload)
+        if isinstance(playout, Conceal):
+            self.stats["concealed"] += 1
+            return narrow.conceal()
         self.stats["silent"] += 1
         return SILENT_FRAME
 
@@ -357,9 +459,11 @@ class CallAudio:
             return self._source_failed(str(exc))
         if len(frame) != FRAME_BYTES:
             return self._source_failed(f"it gave {len(frame)} bytes, not {FRAME_BYTES}")
-        return frame
+        return frame if self.echo is None else self.echo.captured(frame)
 
     def _write(self, pcm: bytes) -> None:
+        if self.echo is not None:
+            self.echo.played(pcm)
         try:
             self.sink.write(pcm)
         except (OSError, MediaError) as exc:
@@ -378,6 +482,8 @@ class CallAudio:
     def _close_coders(self) -> None:
         self._encoder.close()
         self._decoder.close()
+        if self._narrow is not None:
+            self._narrow.close()
 
 
 def jitter_buffer(kind: type[J]) -> J:
@@ -387,6 +493,30 @@ def jitter_buffer(kind: type[J]) -> J:
         frame=FRAME_SAMPLES / RATE, clock_rate=RATE, min_delay=MIN_DELAY, bridge=BRIDGE,
         stretch=True,
     )  # fmt: skip
+
+
+def silent_payload(codec: Codec) -> bytes:
+    """One frame of silence in ``codec``: what a call sends when its audio would not open."""
+    return SILENT_PAYLOADS[codec]
+
+
+def describe_end(end: Source | Sink) -> dict[str, object]:
+    """What status shows of a capture or playback end: its kind (``device``, ``file``
+    or ``none``), and for a sound device its name, state, rate, last error and counters."""
+    describe = getattr(end, "describe", None)
+    if callable(describe):
+        return {"kind": "device", **describe()}
+    if isinstance(end, Silence):
+        return {"kind": NONE}
+    return {"kind": "file" if isinstance(end, WavSource | WavSink) else type(end).__name__}
+
+
+def _echo_control() -> EchoControl | None:
+    try:
+        return EchoControl(EchoCanceller(FRAME_SAMPLES, RATE))
+    except EchoUnavailable as exc:
+        _log.warning("call audio: no echo cancellation: %s", exc)
+        return None
 
 
 def _opened(opener: Callable[[str], T], spec: str) -> T | Silence:

@@ -121,6 +121,25 @@ MAX_NAMES_SHOWN = 12
 
 _SILENT_FRAME = bytes(FRAME_BYTES)
 _PORTAUDIO = threading.Lock()
+_CLOSING: set[threading.Thread] = set()
+"""Workers of closed devices, still closing their streams."""
+_CLOSING_LOCK = threading.Lock()
+
+
+def wait_released(timeout: float) -> bool:
+    """Block (never on the event loop) until every closed device has released its
+    stream, at most ``timeout`` seconds: before the process exits, or before whatever
+    is on the other end of the device goes away. Whether all were released."""
+    deadline = time.monotonic() + timeout
+    with _CLOSING_LOCK:
+        workers = list(_CLOSING)
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    with _CLOSING_LOCK:
+        _CLOSING.difference_update(w for w in workers if not w.is_alive())
+        return not any(w.is_alive() for w in workers)
+
+
 """PortAudio's initialise, open and close are not safe to run from two threads at once."""
 
 
@@ -310,8 +329,11 @@ class _End:
             raise SoundError(self.error or f"sound device {self.device!r} did not start")
 
     def close(self) -> None:
-        """Stop the stream and the worker; returns at once (the worker closes PortAudio)."""
+        """Stop the stream and the worker; returns at once (the worker closes PortAudio:
+        :func:`wait_released` waits for it)."""
         self._closing.set()
+        with _CLOSING_LOCK:
+            _CLOSING.add(self._worker)
 
     # -- the worker thread ------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class MsgType(IntEnum):
     PATH_UPDATE = 0x45
     SIGNAL_FORWARD = 0x46
     SIGNAL_RELAYED = 0x47
+    DEVICE_COMMAND = 0x48
     # Messages and files - 0x5_
     INSTANT_MESSAGE = 0x50
     MESSAGE_RECEIPT = 0x51

@@ -219,6 +219,12 @@ class ReceiptStatus(IntEnum):
     REJECTED = 4
 
 
+class DeviceAction(IntEnum):
+    """What a DEVICE_COMMAND asks the peer's hardware to do."""
+
+    OPEN_DOOR = 1
+
+
 class MailKind(IntEnum):
     """What a sealed mailbox item holds, in clear so the recipient can sort before opening."""
 
@@ -1087,6 +1093,19 @@ PATH_UPDATE = MessageSpec(
     "The sender switched the call's media to another candidate pair, e.g. after the old path died.",
 )
 
+DEVICE_COMMAND = MessageSpec(
+    MsgType.DEVICE_COMMAND,
+    Struct(
+        "call_id" / Id16 * "the active call between the two devices",
+        "action" / EnumField(DeviceAction) * "what to do: OPEN_DOOR pulses a door strike",
+    ),
+    "edge device commands (no external spec)",
+    "Asks the device at the other end of an active call to work its hardware, e.g. a door "
+    "station to open its door. Sent in the call's own end-to-end session, so the sender is "
+    "the certified peer of that call; the receiver carries it out only for the call that is "
+    "active with that peer, and answers nothing (the callee hears the door).",
+)
+
 SIGNAL_PAYLOAD_MAX = 1200
 """Bytes of one forwarded signalling datagram: a Noise handshake message with a
 certificate, or call signalling inside the clients' session, with room to spare
@@ -1532,6 +1551,7 @@ SPECS: dict[MsgType, MessageSpec] = {
         PATH_UPDATE,
         SIGNAL_FORWARD,
         SIGNAL_RELAYED,
+        DEVICE_COMMAND,
         INSTANT_MESSAGE,
         MESSAGE_RECEIPT,
         FILE_OFFER,
