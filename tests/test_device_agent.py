@@ -8,16 +8,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from edge.client.agent import Agent
+from edge.client.agent import Agent, _call_audio
 from edge.client.call import CallState
 from edge.client.config import AgentConfig
+from edge.device import profile as board_profile
 from edge.device.board import Board
 from edge.device.events import LedPattern
+from edge.media.pipeline import CallAudio
 from edge.runtime.control import request
 from edge.runtime.errors import ConfigFileError
 from tests.test_agent import PASSWORD, TIMEOUT, Network, network, run_uv
@@ -236,3 +239,29 @@ def test_a_wrong_board_profile_stops_the_agent_before_it_starts(tmp_path: Path) 
             assert not config.control_socket.exists()
 
     run_uv(run())
+
+
+def test_a_board_profile_names_the_sound_card_and_turns_echo_control_on(tmp_path: Path) -> None:
+    """Where the agent's [audio] is left at its defaults, the board's sound card is used
+    at the profile's rate, and a hands-free board (the intercom) cancels echo; what the
+    agent's own configuration names wins."""
+    intercom = board_profile.read(HW / "intercom-pizero2w.toml")
+    phone = board_profile.read(HW / "desk-phone-pi4.toml")
+    base = AgentConfig(
+        user_id="door", device_id="front", login_address=("127.0.0.1", 1),
+        server_key=bytes(32), issuer_key=bytes(32), bootstrap=(), state_dir=tmp_path,
+    )  # fmt: skip
+    assert (base.capture, base.playback, base.echo_cancel) == ("default", "default", False)
+    opened = _opener(base, intercom)
+    assert opened.args == (intercom.audio.capture, intercom.audio.playback)
+    assert opened.keywords == {"echo_cancel": True, "rate": intercom.audio.rate}
+    assert _opener(base, phone).keywords["echo_cancel"] is False  # a handset
+    own = replace(base, capture="file:in.wav", playback="none")
+    assert _opener(own, intercom).args == ("file:in.wav", "none")
+    assert _opener(base).args == ("default", "default")
+
+
+def _opener(config: AgentConfig, board: board_profile.Profile | None = None) -> partial[CallAudio]:
+    made = _call_audio(config, board)
+    assert isinstance(made, partial)
+    return made

@@ -315,3 +315,14 @@ def test_a_melody_is_heard_note_by_note() -> None:
     assert tones.heard(tones.tone(0, 0.5), [523.25]) == []
     noise = struct.pack("<8000h", *(random.Random(3).randrange(-8000, 8000) for _ in range(8000)))
     assert tones.heard(noise, [523.25, 659.25]) == []
+
+
+def test_silence_goes_out_in_opus_dtx_frames() -> None:
+    """DTX: once the microphone is quiet, the encoder sends its few-byte frames (with
+    the copies and the loss byte around them), not a full frame of nothing."""
+    audio = CallAudio(Silence(), Silence())
+    try:
+        quiet = [len(audio.payload()) for _ in range(60)][-20:]
+    finally:
+        audio.close()
+    assert max(quiet) <= 16, quiet  # 22 bytes a frame without DTX

@@ -138,6 +138,8 @@ BUDDY_OPS = {
 RECONNECT_FIRST = 1.0
 RECONNECT_MAX = 60.0
 SOUND_RELEASE_TIMEOUT = 2.0
+DEFAULT_DEVICE = "default"
+"""The ``[audio]`` capture and playback left unset: a board profile's sound card wins."""
 PROBE_TIMEOUT = 1.5
 """How long the supernode may take to answer a HOSTCACHE_REQUEST asked to see if it is alive."""
 SILENT_AFTER_TIMEOUTS = 2
@@ -449,7 +451,11 @@ class Agent:
         manager = CallManager(self.config.user_id, auto_answer=self.config.auto_answer,
                               config=CallConfig(codecs=self.config.codecs))  # fmt: skip
         self.calls = CallDriver(
-            manager, self.peers, self._core, adapter.poke, audio=_call_audio(self.config)
+            manager,
+            self.peers,
+            self._core,
+            adapter.poke,
+            audio=_call_audio(self.config, self._board_profile),
         )
         self.peers.on_media = self.calls.on_media
         self._core.checks = self.calls.on_stun
@@ -1215,8 +1221,19 @@ def _ms_since(began: float) -> float:
     return round((time.monotonic() - began) * 1000, 1)
 
 
-def _call_audio(config: AgentConfig) -> Callable[[Codec], CallAudio]:
+def _call_audio(
+    config: AgentConfig, board: board_profile.Profile | None = None
+) -> Callable[[Codec], CallAudio]:
     """How a call opens its audio in the codec it negotiated: the ``[audio]`` capture
-    and playback it names, with echo cancellation when ``echo_cancel`` is on (a
-    hands-free board's profile sets it)."""
-    return partial(CallAudio.open, config.capture, config.playback, echo_cancel=config.echo_cancel)
+    and playback it names — or, where those are left at "default" and the device has a
+    board profile, the profile's sound card at its rate — with echo cancellation when
+    ``echo_cancel`` is on in either (a hands-free board's profile sets it)."""
+    capture, playback, rate = config.capture, config.playback, None
+    if board is not None:
+        sound = board.audio
+        if capture == DEFAULT_DEVICE:
+            capture, rate = sound.capture, sound.rate
+        if playback == DEFAULT_DEVICE:
+            playback, rate = sound.playback, sound.rate
+    echo = config.echo_cancel or (board is not None and board.audio.echo_cancel)
+    return partial(CallAudio.open, capture, playback, echo_cancel=echo, rate=rate)

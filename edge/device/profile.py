@@ -105,6 +105,8 @@ class AudioSpec:
     capture: str
     playback: str
     rate: int
+    echo_cancel: bool = False
+    """Hands-free: the loudspeaker's echo cancelled from the microphone."""
 
 
 @dataclass(frozen=True)
@@ -225,12 +227,13 @@ def _other(level: str) -> str:
 
 
 def _audio(table: ConfigDoc) -> AudioSpec:
-    table.check_unknown({"overlay", "capture", "playback", "rate"})
+    table.check_unknown({"overlay", "capture", "playback", "rate", "echo_cancel"})
     return AudioSpec(
         overlay=table.get_str("overlay", "", max_length=TEXT_MAX),
         capture=table.get_str("capture", min_length=1, max_length=TEXT_MAX),
         playback=table.get_str("playback", min_length=1, max_length=TEXT_MAX),
         rate=table.get_int("rate", 48000, min=8000, max=48000),
+        echo_cancel=table.get_bool("echo_cancel", False),
     )
 
 

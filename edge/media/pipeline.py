@@ -12,8 +12,9 @@ fails and reopens by itself when it comes back.
 :class:`CallAudio` is one call's pipeline, sans-IO in the sense that matters
 here: no socket, no clock, no task. Its owner, once per 20 ms tick, takes
 :meth:`~CallAudio.payload` (the source's next frame, Opus-encoded: wideband,
-VOIP, :data:`BITRATE` or less, with copies of earlier frames and the loss this
-end measures, :mod:`edge.media.redundancy`) into a MEDIA_FRAME flagged
+VOIP, DTX — a few bytes a frame while the microphone is quiet — at
+:data:`BITRATE` or less, with copies of earlier frames and the loss this end
+measures, :mod:`edge.media.redundancy`) into a MEDIA_FRAME flagged
 :data:`FLAGS`, and calls
 :meth:`~CallAudio.play` with the time, which pulls one frame from the jitter
 buffer and writes its decoded PCM to the sink: a frame that never came is
@@ -53,6 +54,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 
@@ -167,19 +169,19 @@ def is_device(spec: str) -> bool:
     return not spec.startswith(FILE_PREFIX) and spec != NONE
 
 
-def open_source(spec: str) -> Source:
+def open_source(spec: str, rate: int | None = None) -> Source:
     """The source ``spec`` names: ``file:PATH`` loops a WAV file; any other name is a
-    sound device (:class:`~edge.media.sound.SoundSource`), which opens in the
-    background and is silent until it runs. Raises :class:`~edge.media.wav.WavError`
-    for a file it cannot play, :class:`~edge.media.sound.SoundError` for a name or
-    rate that can never work."""
+    sound device (:class:`~edge.media.sound.SoundSource`, at ``rate`` when given, else
+    the best rate it offers), which opens in the background and is silent until it
+    runs. Raises :class:`~edge.media.wav.WavError` for a file it cannot play,
+    :class:`~edge.media.sound.SoundError` for a name or rate that can never work."""
     if spec == NONE:
         return Silence()
     if is_device(spec):
         # Imported here: only a device needs pyaudio and PortAudio.
         from edge.media.sound import SoundSource
 
-        return SoundSource(spec)
+        return SoundSource(spec, rate=rate)
     return WavSource(Path(spec.removeprefix(FILE_PREFIX)))
 
 
@@ -191,16 +193,17 @@ def wait_devices_released(timeout: float) -> bool:
     return True if sound is None else bool(sound.wait_released(timeout))
 
 
-def open_sink(spec: str) -> Sink:
+def open_sink(spec: str, rate: int | None = None) -> Sink:
     """The sink ``spec`` names: ``file:PATH`` records a WAV file (replacing it); any
-    other name is a sound device (:class:`~edge.media.sound.SoundSink`). Raises
-    :class:`~edge.media.wav.WavError` or :class:`~edge.media.sound.SoundError`."""
+    other name is a sound device (:class:`~edge.media.sound.SoundSink`, at ``rate``
+    when given). Raises :class:`~edge.media.wav.WavError` or
+    :class:`~edge.media.sound.SoundError`."""
     if spec == NONE:
         return Silence()
     if is_device(spec):
         from edge.media.sound import SoundSink
 
-        return SoundSink(spec)
+        return SoundSink(spec, rate=rate)
     return WavSink(Path(spec.removeprefix(FILE_PREFIX)))
 
 
@@ -244,6 +247,7 @@ class CallAudio:
         self._decoder = Decoder(RATE, 1)
         try:
             self._encoder.set_inband_fec(True)
+            self._encoder.set_dtx(True)
             self._apply(self.adaptation.protection)
         except BaseException:
             self._close_coders()
@@ -256,14 +260,22 @@ class CallAudio:
 
     @classmethod
     def open(
-        cls, capture: str, playback: str, codec: Codec = Codec.OPUS, *, echo_cancel: bool = False
+        cls,
+        capture: str,
+        playback: str,
+        codec: Codec = Codec.OPUS,
+        *,
+        echo_cancel: bool = False,
+        rate: int | None = None,
     ) -> CallAudio:
         """The pipeline in ``codec`` for the source and sink these names give
-        (:func:`open_source`, :func:`open_sink`), cancelling the sink's echo in the
-        source when ``echo_cancel`` (a hands-free board). An end that will not open (a
-        file removed since the configuration was checked) is logged and left silent,
-        a missing echo canceller logged and left out: the call goes on."""
-        audio = cls(_opened(open_source, capture), _opened(open_sink, playback), codec=codec)
+        (:func:`open_source`, :func:`open_sink`; sound devices at ``rate`` when given),
+        cancelling the sink's echo in the source when ``echo_cancel`` (a hands-free
+        board). An end that will not open (a file removed since the configuration was
+        checked) is logged and left silent, a missing echo canceller logged and left
+        out: the call goes on."""
+        source = _opened(partial(open_source, rate=rate), capture)
+        audio = cls(source, _opened(partial(open_sink, rate=rate), playback), codec=codec)
         if echo_cancel:
             audio.echo = _echo_control()
         return audio
