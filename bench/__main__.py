@@ -12,11 +12,11 @@ beside its target.
 import platform
 import sys
 
-from bench import echo, lab, login, noise, overlay, relay, session, stun, voice, wire
+from bench import device, echo, lab, login, noise, overlay, relay, session, stun, voice, wire
 
 BENCHMARKS = {
     module.__name__.removeprefix("bench."): module
-    for module in (noise, session, wire, stun, login, overlay, relay, lab, voice, echo)
+    for module in (noise, session, wire, stun, login, overlay, relay, lab, voice, echo, device)
 }
 
 
