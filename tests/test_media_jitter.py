@@ -74,6 +74,15 @@ def test_the_target_follows_the_jitter() -> None:
     assert 0.07 < stormy.target <= 0.3
 
 
+def test_a_few_early_frames_do_not_make_every_later_one_look_late() -> None:
+    """Two frames that arrive 60 ms ahead of the rest (sent early, or a sender's clock
+    that stepped) must not raise the target by 60 ms for the next 200 frames."""
+    steady = [(0.05 + n * FRAME, n) for n in range(400)]
+    early = [(at - 0.06, n) if n in (100, 101) else (at, n) for at, n in steady]
+    jb, _ = simulate(early, 410)
+    assert jb.target < 0.03, jb.target
+
+
 def test_a_faster_sender_clock_does_not_build_up_delay() -> None:
     # The far sound card runs 0.5 % fast: 10 minutes bring 3 s of extra audio.
     drift = 1.005

@@ -9,8 +9,10 @@ carries the lost frame's in-band FEC copy) or :class:`Wait` (nothing to play
 yet: play silence, the call is starting or a talkspurt has not arrived).
 
 How much to hold: for every frame, its *lateness* is how much later it came
-than the earliest-ever frame would predict from the timestamps (arrival time
-minus media time, minus the smallest such difference seen in the window).
+than the quickest frames would predict from the timestamps (arrival time
+minus media time, minus about the smallest such difference in the window: its
+5th percentile, so that a few frames sent early do not make every frame after
+them look late).
 The target delay is the 95th percentile of lateness over the last 200 frames
 plus one frame, between ``min_delay`` and ``max_delay``: it grows at once
 when the network gets worse, and shrinks slowly as good frames push the bad
@@ -41,6 +43,7 @@ in time); without stretching it would reach the new target only by running
 dry.
 """
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -208,7 +211,7 @@ class JitterBuffer:
         newest, stamp = self._newest
         back = ((newest - sequence + SEQUENCE_SPACE // 2) % SEQUENCE_SPACE) - SEQUENCE_SPACE // 2
         due = (stamp - back * self.frame * self.clock_rate) / self.clock_rate
-        slack = now - due - min(self._transit)
+        slack = now - due - self._floor()
         return slack < self.target
 
     def _shed_excess(self) -> None:
@@ -234,7 +237,13 @@ class JitterBuffer:
     def _measure(self, timestamp: int, now: float) -> None:
         transit = now - timestamp / self.clock_rate
         self._transit.append(transit)
-        self._lateness.append(transit - min(self._transit))
+        self._lateness.append(transit - self._floor())
+
+    def _floor(self) -> float:
+        """The quickest transit in the window, give or take a few: the twentieth part
+        of the window's frames may have been quicker (frames sent early, a clock that
+        stepped) without making every later frame look late by as much."""
+        return heapq.nsmallest(1 + len(self._transit) // 20, self._transit)[-1]
 
 
 def _behind(sequence: int, reference: int) -> bool:
