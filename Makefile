@@ -19,7 +19,7 @@ APT_RUNTIME := python3-venv python3-dev gcc portaudio19-dev libportaudio2 libopu
 # espeak-ng for the speech the voice tests and benchmark score.
 APT_TEST := postgresql coturn iproute2 nftables espeak-ng
 
-.PHONY: demo test lint typecheck unit lab docs docs-check bench fuzz clean apt venv
+.PHONY: demo test lint typecheck unit lab docs docs-check bench fuzz image clean apt venv
 
 demo: $(STAMP)
 	$(BIN)/edge demo
@@ -48,6 +48,15 @@ bench: $(STAMP) $(TEST_APT_STAMP)
 
 fuzz: $(STAMP) $(TEST_APT_STAMP)
 	EDGE_FUZZ_EXAMPLES=20000 $(BIN)/pytest -q -m fuzz tests
+
+# The arm64 device image (firmware/README.md): a root filesystem built with
+# debootstrap and checked under qemu emulation, as root; BOARD=intercom for the
+# door intercom's sound card.
+BOARD ?= desk-phone
+image:
+	$(MAKE) apt PACKAGES="debootstrap qemu-user-static binfmt-support"
+	sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	$$sudo env APT_PACKAGES="$(APT_RUNTIME)" BOARD="$(BOARD)" bash firmware/build-image.sh
 
 apt:
 	@missing=""; for p in $(PACKAGES); do \
