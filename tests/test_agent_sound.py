@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +31,7 @@ from edge.media.pipeline import FRAME_BYTES
 from edge.runtime.control import request
 from tests.test_agent import TIMEOUT, _until_active, _until_ended, network, run_uv
 from tests.test_agent_audio import config_with
-from tests.test_media_sound import ROOT, TICK, Mic, Speaker, alsa_config, dominated
+from tests.test_media_sound import TICK, Mic, Speaker, dominated, on_test_card
 
 ALICE_HZ, BOB_HZ = 600.0, 1000.0
 """The tones each side's microphone hears: those :func:`dominated` tells apart."""
@@ -56,21 +54,15 @@ def test_a_tone_into_one_agents_microphone_comes_out_of_the_others_loudspeaker(
 
 
 def _in_child(tmp_path: Path, function: str) -> subprocess.CompletedProcess[str]:
-    """Run ``function`` of this module with ``tmp_path`` in a child process whose ALSA
-    configuration is the test card with alice's and bob's devices; it must succeed."""
-    config = alsa_config(tmp_path, ["alice", "bob"])
-    env = {**os.environ, "ALSA_CONFIG_PATH": str(config), "JACK_NO_START_SERVER": "1"}
-    code = f"import sys; from tests.test_agent_sound import {function}; {function}(sys.argv[1])"
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
+    """Run ``function`` of this module with ``tmp_path`` on the test card with alice's
+    and bob's devices; it must succeed."""
+    return on_test_card(
+        tmp_path, ["alice", "bob"], f"{__name__}:{function}", str(tmp_path), timeout=180
+    )
 
 
-def child(folder: str) -> None:
-    tmp = Path(folder)
+def child(argv: list[str]) -> None:
+    tmp = Path(argv[0])
     mics = {
         name: Mic(tmp / f"{name}-mic.fifo", tones.RATE, tones.tone(frequency, 1.0))
         for name, frequency in (("alice", ALICE_HZ), ("bob", BOB_HZ))
@@ -160,9 +152,9 @@ def test_speech_into_one_agents_microphone_scores_at_the_others_loudspeaker(
     assert score >= SPEECH_FLOOR, score
 
 
-def speech_child(folder: str) -> None:
+def speech_child(argv: list[str]) -> None:
     """The call of the speech test, in the child process that has the test card."""
-    tmp = Path(folder)
+    tmp = Path(argv[0])
     quiet = bytes(FRAME_BYTES)
     mics = {name: Mic(tmp / f"{name}-mic.fifo", tones.RATE, quiet) for name in ("alice", "bob")}
     speakers = {name: Speaker(tmp / f"{name}-spk.fifo", tones.RATE) for name in mics}

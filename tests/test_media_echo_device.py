@@ -25,8 +25,6 @@ import fcntl
 import json
 import math
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -47,7 +45,7 @@ from edge.media.pipeline import (
 )
 from edge.media.sound import SoundSink, SoundSource
 from edge.wire.messages import Codec
-from tests.test_media_sound import F_SETPIPE_SZ, PIPE_BYTES, ROOT, TICK, Speaker, alsa_config
+from tests.test_media_sound import F_SETPIPE_SZ, PIPE_BYTES, TICK, Speaker, last_json, on_test_card
 
 TIMEOUT = 15.0
 WARM_UP = 1.0
@@ -158,15 +156,10 @@ def call(box: CallAudio, far: bytes) -> Call:
 def run_child(tmp_path: Path, echo_cancel: bool) -> dict[str, Any]:
     """One call on the test card in a child process; its report."""
     tmp_path.mkdir()
-    config = alsa_config(tmp_path, ["dev"])
-    env = {**os.environ, "ALSA_CONFIG_PATH": str(config), "JACK_NO_START_SERVER": "1"}
-    code = "import sys; from tests.test_media_echo_device import child; child(sys.argv[1:])"
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path), json.dumps(echo_cancel)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    done = on_test_card(
+        tmp_path, ["dev"], f"{__name__}:child", str(tmp_path), json.dumps(echo_cancel)
+    )
+    report: dict[str, Any] = last_json(done)
     return report
 
 

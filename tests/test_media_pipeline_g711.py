@@ -6,9 +6,6 @@ ends (a file, none, and sound devices on the test sound card of tests/test_media
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from edge.media.pipeline import (
 from edge.media.wav import WavSink, WavSource, read_wav, write_wav
 from edge.wire.messages import Codec
 from tests.test_media_pipeline import GRID, rms, samples
-from tests.test_media_sound import ROOT, TIMEOUT, _cards, alsa_config
+from tests.test_media_sound import TIMEOUT, _cards, last_json, on_test_card
 
 G711 = [Codec.PCMU, Codec.PCMA]
 
@@ -188,15 +185,8 @@ def test_status_shows_a_file_end_and_a_none_end(tmp_path: Path) -> None:
 
 
 def test_status_shows_a_sound_device_running_and_one_that_failed(tmp_path: Path) -> None:
-    config = alsa_config(tmp_path, ["dev"])
-    env = {**os.environ, "ALSA_CONFIG_PATH": str(config), "JACK_NO_START_SERVER": "1"}
-    code = "import sys; from tests.test_media_pipeline_g711 import child; child(sys.argv[1])"
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    capture, playback = json.loads(done.stdout.strip().splitlines()[-1])
+    done = on_test_card(tmp_path, ["dev"], f"{__name__}:child", str(tmp_path))
+    capture, playback = last_json(done)
     assert capture["kind"] == "device" and capture["device"] == "dev-mic"
     assert (capture["state"], capture["error"], capture["rate"]) == ("running", None, 16000)
     assert playback["kind"] == "device" and playback["state"] in ("failed", "closed")
@@ -205,7 +195,8 @@ def test_status_shows_a_sound_device_running_and_one_that_failed(tmp_path: Path)
     )
 
 
-def child(folder: str) -> None:
+def child(argv: list[str]) -> None:
+    (folder,) = argv
     """In a process whose ALSA configuration is the test card: a call's audio with the
     card's microphone and a loudspeaker that is not there; prints both ends' status."""
     from edge.media.sound import SoundError, SoundSink, SoundSource

@@ -240,18 +240,33 @@ def frames_of(pcm: bytes) -> list[bytes]:
 # -- the child process --------------------------------------------------------------------
 
 
-def run_child(tmp_path: Path, scenario: str, **params: Any) -> dict[str, Any]:
-    """Run ``scenario`` (a function ``_child_SCENARIO`` here) in a child process whose ALSA
-    configuration is the test card's; its JSON report."""
-    config = alsa_config(tmp_path, ["dev"])
+def on_test_card(
+    folder: Path, names: Iterable[str], call: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``call`` ("module:function", given the ``args``) in a child process whose ALSA
+    configuration is the test card with ``names``' devices, on FIFOs in ``folder``
+    (PortAudio reads the configuration once, when it starts); it must succeed."""
+    module, function = call.split(":")
+    config = alsa_config(folder, names)
     env = {**os.environ, "ALSA_CONFIG_PATH": str(config), "JACK_NO_START_SERVER": "1"}
-    code = "import sys; from tests.test_media_sound import child; child(sys.argv[1:])"
+    code = f"import sys; from {module} import {function}; {function}(sys.argv[1:])"
     done = subprocess.run(
-        [sys.executable, "-c", code, scenario, str(tmp_path), json.dumps(params)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return done
+
+
+def last_json(done: subprocess.CompletedProcess[str]) -> Any:
+    """The report a child printed last, one JSON line."""
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_child(tmp_path: Path, scenario: str, **params: Any) -> dict[str, Any]:
+    """Run ``scenario`` (a function ``_child_SCENARIO`` here) on the test card; its report."""
+    args = (scenario, str(tmp_path), json.dumps(params))
+    report: dict[str, Any] = last_json(on_test_card(tmp_path, ["dev"], f"{__name__}:child", *args))
     return report
 
 

@@ -612,22 +612,10 @@ MIC_HZ = 440.0
 
 def test_audio_plays_a_tone_and_measures_what_the_microphone_hears(tmp_path: Path) -> None:
     """In a child process, as PortAudio reads the ALSA configuration once, at start."""
-    from tests.test_media_sound import ROOT, alsa_config
+    from tests.test_media_sound import last_json, on_test_card
 
-    config = alsa_config(tmp_path, ["dev"])
-    env = {**os.environ, "ALSA_CONFIG_PATH": str(config), "JACK_NO_START_SERVER": "1"}
-    code = "import sys; from tests.test_provision_console import sound_child; sound_child()"
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    done = on_test_card(tmp_path, ["dev"], f"{__name__}:sound_child", str(tmp_path))
+    result = last_json(done)
     assert result["tone"] == "1000 Hz, 1 s"
     # The microphone hears a tone at tones.AMPLITUDE of full scale.
     expected = 20 * math.log10(tones.AMPLITUDE)
@@ -635,10 +623,10 @@ def test_audio_plays_a_tone_and_measures_what_the_microphone_hears(tmp_path: Pat
     assert tones.heard((tmp_path / "played.raw").read_bytes(), [MIC_HZ, 1000.0]) == [1000.0]
 
 
-def sound_child() -> None:
+def sound_child(argv: list[str]) -> None:
     from tests.test_media_sound import Mic, Speaker
 
-    folder = Path(sys.argv[1])
+    folder = Path(argv[0])
     mic = Mic(folder / "dev-mic.fifo", tones.RATE, tones.tone(MIC_HZ, 1.0))
     speaker = Speaker(folder / "dev-spk.fifo", tones.RATE)
     mic.plug()
